@@ -1,0 +1,11 @@
+"""npfl_lib: the library of the *Training Neural Networks II* course.
+
+From-scratch, torch-exact implementations of what the lecture teaches, small enough
+to read: activations, losses and their gradients (``functional``), initializers
+(``init``), optimizers (``optim``), gradient clipping (``clip``), metrics
+(``metrics``), an MLP (``nn``) and a hand-written backward pass (``manual``).
+"""
+
+from . import clip, functional, init, manual, metrics, nn, optim
+
+__version__ = "0.1.0"
