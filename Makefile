@@ -1,0 +1,36 @@
+# Two commands do everything on a fresh machine with Python >= 3.10 and pip:
+#   make demo   creates .venv, installs the package, runs the main job
+#   make test   creates .venv, installs the package and test tools, lints, runs pytest
+PYTHON ?= python3
+VENV ?= .venv
+# The torch requirement installed first. On a CPU-only machine, a CPU build saves
+# gigabytes, e.g. make test TORCH_SPEC='torch==2.13.0' where that build is on the index.
+TORCH_SPEC ?= torch>=2.4
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.npfl-installed
+
+.PHONY: demo test lint format clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/python -m npfl_lib demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build *.egg-info
