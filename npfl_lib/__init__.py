@@ -6,6 +6,6 @@ to read: activations, losses and their gradients (``functional``), initializers
 (``metrics``), an MLP (``nn``) and a hand-written backward pass (``manual``).
 """
 
-from . import clip, functional, init, manual, metrics, nn, optim
+from . import clip, datasets, functional, init, manual, metrics, nn, optim
 
 __version__ = "0.1.0"

@@ -1,0 +1,204 @@
+# %% [markdown]
+# # 1. Output activations and the MLP
+#
+# A neural network for classification or regression ends with an **output activation**
+# that turns unbounded scores (*logits*) into the parameters of an output distribution.
+# We train it by maximum likelihood, so the output distribution decides the activation:
+#
+# | target | distribution | output activation |
+# |---|---|---|
+# | real number | Normal | none (identity) |
+# | yes/no | Bernoulli | $\sigma(x) = \frac{1}{1 + e^{-x}}$ |
+# | one of $K$ classes | categorical | $\mathrm{softmax}(\mathbf z)_i = e^{z_i} / \sum_j e^{z_j}$ |
+#
+# This notebook checks the identities behind these choices with `npfl_lib.functional`,
+# writes a one-hidden-layer MLP out by hand, counts its parameters, times a batched
+# forward pass against a per-example loop and prints the computation graph.
+
+# %%
+import os
+import time
+
+import matplotlib.pyplot as plt
+import torch
+
+import npfl_lib
+import npfl_lib.functional as nf
+from npfl_lib.nn import MLP
+
+FULL = os.environ.get("NPFL_FULL") == "1"  # NPFL_FULL=1 runs the full-size experiments
+device = "cuda" if torch.cuda.is_available() else "cpu"
+N_TIMING = 10_000 if FULL else 1_000  # examples in the timing experiment
+npfl_lib.set_seed(42)
+print(f"device: {device}, full size: {FULL}")
+
+# %% [markdown]
+# ## Sigmoid: the Bernoulli output
+#
+# A Bernoulli distribution has one parameter $p \in (0, 1)$. The network predicts an
+# unbounded logit $x$ and $p = \sigma(x)$. The sigmoid's inverse is the **logit**
+# (log-odds)
+#
+# $$x = \sigma^{-1}(p) = \log \frac{p}{1 - p},$$
+#
+# so the network's output is the log-odds of the positive class. We check that
+# $\sigma(\log\frac{p}{1-p}) = p$:
+
+# %%
+p = torch.linspace(0.01, 0.99, 99, dtype=torch.float64)
+logit = torch.log(p / (1 - p))
+print("max |sigmoid(logit(p)) - p| =", (nf.sigmoid(logit) - p).abs().max().item())
+
+# %% [markdown]
+# ## Softmax: the categorical output
+#
+# For $K$ classes the network predicts logits $\boldsymbol z \in \mathbb R^K$ and
+# $\boldsymbol p = \operatorname{softmax}(\boldsymbol z)$. Adding a constant $c$ to every
+# logit multiplies numerator and denominator by $e^c$, so softmax is
+# **shift-invariant**. Hence the logits of a distribution $\boldsymbol p$ are
+# $z_i = \log p_i + c$ for any $c$ (softmax implementations subtract $\max_j z_j$ for
+# numerical stability, using exactly this invariance).
+
+# %%
+probs = torch.tensor([0.7, 0.2, 0.05, 0.05], dtype=torch.float64)
+for c in [0.0, 3.7, -100.0]:
+    recovered = nf.softmax(torch.log(probs) + c)
+    print(f"c = {c:7.1f}: softmax(log p + c) = {recovered.numpy().round(6)}")
+
+# %% [markdown]
+# With two classes and logits $(0, x)$,
+#
+# $$\operatorname{softmax}([0, x])_1 = \frac{e^x}{e^0 + e^x} = \frac{1}{1 + e^{-x}} = \sigma(x),$$
+#
+# so the sigmoid is a two-class softmax whose first logit is fixed to zero.
+
+# %%
+x = torch.linspace(-8, 8, 201, dtype=torch.float64)
+two_class = nf.softmax(torch.stack([torch.zeros_like(x), x], dim=-1), dim=-1)[:, 1]
+print("max |softmax([0, x])_1 - sigmoid(x)| =", (two_class - nf.sigmoid(x)).abs().max().item())
+
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+axes[0].plot(x, nf.sigmoid(x), lw=4, alpha=0.4, label=r"$\sigma(x)$")
+axes[0].plot(x, two_class, "k--", label=r"softmax$([0, x])_1$")
+axes[0].set(xlabel="logit $x$", ylabel="probability", title="sigmoid = two-class softmax")
+axes[0].legend()
+z = torch.tensor([2.0, 1.0, 0.1, -1.0], dtype=torch.float64)
+for t in [0.5, 1.0, 3.0]:
+    axes[1].plot(nf.softmax(z / t), "o-", label=f"softmax(z / {t})")
+axes[1].set(xlabel="class", ylabel="probability", title="softmax of z = [2, 1, 0.1, -1]")
+axes[1].legend()
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## A one-hidden-layer MLP, written out
+#
+# For an input batch $\boldsymbol X \in \mathbb R^{N \times D}$ (one example per row),
+# a hidden layer of $H$ units and $O$ outputs:
+#
+# $$\boldsymbol H = f(\boldsymbol X \boldsymbol W^{(h)} + \boldsymbol b^{(h)}), \qquad
+#   \boldsymbol O = g(\boldsymbol H \boldsymbol W^{(o)} + \boldsymbol b^{(o)}),$$
+#
+# with $\boldsymbol W^{(h)} \in \mathbb R^{D \times H}$,
+# $\boldsymbol b^{(h)} \in \mathbb R^{H}$, $\boldsymbol W^{(o)} \in \mathbb R^{H \times O}$,
+# $\boldsymbol b^{(o)} \in \mathbb R^{O}$, a hidden activation $f$ (here ReLU) and an
+# output activation $g$ (here softmax). The bias is broadcast over the rows. The model
+# has
+#
+# $$D \cdot H + H \cdot O + H + O$$
+#
+# parameters. For 8x8 digit images ($D = 64$), $H = 100$ and $O = 10$:
+
+# %%
+D, H, K = 64, 100, 10  # inputs, hidden units, outputs (O in the formula)
+model = MLP(D, [H], K)
+formula = D * H + H * K + H + K
+print(f"D*H + H*O + H + O = {formula}")
+print(f"MLP(64, [100], 10).num_parameters() = {model.num_parameters()}")
+print(f"sum of parameter sizes = {sum(p.numel() for p in model.parameters())}")
+
+# %% [markdown]
+# The forward pass with plain tensors (the library's `MLP` does the same with
+# `torch.nn.Linear` layers, whose weight matrix is stored transposed, $O \times H$):
+
+# %%
+gen = torch.Generator().manual_seed(0)
+W_h = (torch.randn(D, H, generator=gen) / D**0.5).to(device).requires_grad_()
+b_h = torch.zeros(H, device=device, requires_grad=True)
+W_o = (torch.randn(H, K, generator=gen) / H**0.5).to(device).requires_grad_()
+b_o = torch.zeros(K, device=device, requires_grad=True)
+
+
+def forward(X):
+    hidden = nf.relu(X @ W_h + b_h)
+    return hidden @ W_o + b_o  # logits; softmax gives the probabilities
+
+
+X = torch.rand(5, D, device=device)
+print("output probabilities of 5 random inputs (each row sums to 1):")
+print(nf.softmax(forward(X)).detach().cpu().numpy().round(3))
+
+# %% [markdown]
+# ## Batches as matrices
+#
+# Processing one example at a time computes the same numbers as one matrix product of
+# the whole batch, but the matrix product runs in optimized, parallel BLAS (or GPU)
+# kernels instead of many small Python-level operations.
+
+# %%
+X = torch.rand(N_TIMING, D, device=device)
+with torch.no_grad():
+    forward(X)  # warm-up, so neither timing pays one-off setup costs
+    start = time.perf_counter()
+    batched = forward(X)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t_batched = time.perf_counter() - start
+
+    start = time.perf_counter()
+    looped = torch.stack([forward(x) for x in X])
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t_looped = time.perf_counter() - start
+
+print(f"{N_TIMING} examples: batched {t_batched * 1e3:.2f} ms, loop {t_looped * 1e3:.1f} ms")
+print(f"the loop is {t_looped / t_batched:.0f}x slower")
+print("max |batched - looped| =", (batched - looped).abs().max().item())
+
+# %% [markdown]
+# ## The computation graph
+#
+# When tensors require gradients, PyTorch records every operation in a graph of
+# `grad_fn` nodes; `loss.backward()` walks it from the loss to the leaves
+# (`AccumulateGrad` nodes, one per parameter) applying the chain rule. We print the
+# graph of the cross-entropy loss of our MLP:
+
+# %%
+names = {id(t): name for name, t in [("W_h", W_h), ("b_h", b_h), ("W_o", W_o), ("b_o", b_o)]}
+
+
+def show_graph(node, depth=0):
+    label = type(node).__name__
+    if hasattr(node, "variable"):
+        label += f"  <- {names.get(id(node.variable), 'input')}"
+    print("    " * depth + label)
+    for child, _ in node.next_functions:
+        if child is not None:
+            show_graph(child, depth + 1)
+
+
+targets = torch.randint(K, (5,), device=device)
+loss = nf.cross_entropy(forward(torch.rand(5, D, device=device)), targets)
+show_graph(loss.grad_fn)
+loss.backward()
+print("gradient shapes:", {name: tuple(t.grad.shape) for name, t in [("W_h", W_h), ("W_o", W_o)]})
+
+# %% [markdown]
+# ## Try it yourself
+#
+# 1. Compute `nf.softmax` of the logits `[1000., 0.]` and the naive formula
+#    `z.exp() / z.exp().sum()`. Why does one of them return `nan`?
+# 2. Change `H` and check the parameter count formula for two hidden layers
+#    (`MLP(64, [H1, H2], 10)`): write the formula first, then compare.
+# 3. Time the batched forward pass for batch sizes 1, 10, 100, ..., 100 000 and plot the
+#    time per example. Where does batching stop helping on your machine?

@@ -1,0 +1,270 @@
+# %% [markdown]
+# # 2. L2 regularization and weight decay
+#
+# A model with many parameters can fit the noise in a small training set
+# (**overfitting**). **Regularization** is any change to training that aims to lower
+# the generalization error but not the training error. The classic one adds a norm
+# of the weights to the loss:
+#
+# $$\tilde{\mathcal L}(\boldsymbol\theta) = \mathcal L(\boldsymbol\theta)
+#   + \frac{\lambda}{2}\|\boldsymbol w\|_2^2 \quad (L^2), \qquad
+#   \tilde{\mathcal L}(\boldsymbol\theta) = \mathcal L(\boldsymbol\theta)
+#   + \lambda\|\boldsymbol w\|_1 \quad (L^1),$$
+#
+# where $\boldsymbol w$ are the weights; biases are usually not regularized.
+
+# %%
+import copy
+import math
+import os
+
+import matplotlib.pyplot as plt
+import torch
+
+import npfl_lib
+import npfl_lib.functional as nf
+from npfl_lib.datasets import load_digits
+from npfl_lib.nn import MLP
+from npfl_lib.optim import SGD, Adam, AdamW
+
+FULL = os.environ.get("NPFL_FULL") == "1"  # NPFL_FULL=1 runs the full-size experiments
+device = "cuda" if torch.cuda.is_available() else "cpu"
+EPOCHS = 60 if FULL else 15  # epochs of the Adam vs AdamW experiment
+npfl_lib.set_seed(42)
+print(f"device: {device}, full size: {FULL}")
+
+# %% [markdown]
+# ## Polynomial regression: the lecture's example
+#
+# Ten points $x_i \in [0, 1]$ with targets $t_i = \sin(2\pi x_i) + \varepsilon$ are fit by
+# a polynomial of degree $M = 9$, $y(x) = \sum_{j=0}^{9} w_j x^j$, minimizing
+#
+# $$\frac{1}{2}\sum_i \big(y(x_i) - t_i\big)^2 + \frac{\lambda}{2}\|\boldsymbol w\|_2^2 .$$
+#
+# With the design matrix $\Phi_{ij} = x_i^j$ the minimum has the closed form
+# $\boldsymbol w = (\Phi^T\Phi + \lambda \boldsymbol I)^{-1}\Phi^T \boldsymbol t$. We
+# compare three values of $\lambda$: none, $\ln\lambda = -18$ and $\ln\lambda = 0$.
+
+# %%
+poly = npfl_lib.datasets.polynomial_regression()
+print(poly)
+x_train, t_train = poly.train.inputs.double().flatten(), poly.train.targets.double().flatten()
+x_test, t_test = poly.test.inputs.double().flatten(), poly.test.targets.double().flatten()
+DEGREE = 9
+
+
+def design(x):
+    return x[:, None] ** torch.arange(DEGREE + 1, dtype=x.dtype)
+
+
+def ridge(lam):
+    Phi = design(x_train)
+    A = Phi.T @ Phi + lam * torch.eye(DEGREE + 1, dtype=Phi.dtype)
+    return torch.linalg.solve(A, Phi.T @ t_train)
+
+
+fits = {"no regularization": 0.0, "ln λ = -18": math.exp(-18), "ln λ = 0": 1.0}
+grid = torch.linspace(0, 1, 200, dtype=torch.float64)
+fig, axes = plt.subplots(1, 3, figsize=(13, 3.5), sharey=True)
+print(f"{'fit':>18} {'train MSE':>10} {'test MSE':>10} {'||w||_1':>12} {'||w||_2':>12}")
+for ax, (name, lam) in zip(axes, fits.items(), strict=True):
+    w = ridge(lam)
+    train_mse = nf.mse_loss(design(x_train) @ w, t_train).item()
+    test_mse = nf.mse_loss(design(x_test) @ w, t_test).item()
+    print(
+        f"{name:>18} {train_mse:10.4f} {test_mse:10.4f} "
+        f"{w.abs().sum().item():12.2f} {w.norm().item():12.2f}"
+    )
+    ax.plot(grid, torch.sin(2 * math.pi * grid), "g", alpha=0.5, label="sin(2πx)")
+    ax.plot(grid, design(grid) @ w, "r", label="fit")
+    ax.plot(x_train, t_train, "bo", mfc="none", label="train")
+    ax.set(title=f"M = 9, {name}", xlabel="x", ylim=(-1.5, 1.5))
+axes[0].legend()
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# Without regularization the polynomial passes (almost) through every training point
+# with huge coefficients; a small $\lambda$ keeps the coefficients small and the curve
+# smooth; a large $\lambda$ shrinks them so much that the model underfits. Compare the
+# train and test MSE and the norms printed above.
+#
+# ## $L^2$ regularization is a MAP estimate with a Gaussian prior
+#
+# Maximum likelihood maximizes $p(\boldsymbol X \mid \boldsymbol w)$. A **maximum a
+# posteriori** (MAP) estimate also uses a prior: it maximizes
+# $p(\mathbf w \mid \mathbf X) \propto p(\mathbf X \mid \mathbf w)\,p(\mathbf w)$
+# (Bayes' rule).
+# With Gaussian noise of variance $\sigma^2$ and the prior
+# $p(\boldsymbol w) = \mathcal N(\boldsymbol 0, \sigma_w^2 \boldsymbol I)$,
+#
+# $$-\log p(\boldsymbol w \mid \boldsymbol X) = \frac{1}{2\sigma^2}\sum_i (y(x_i) - t_i)^2
+#   + \frac{1}{2\sigma_w^2}\|\boldsymbol w\|^2 + \text{const},$$
+#
+# which is $\frac{1}{\sigma^2}$ times the ridge objective with $\lambda = \sigma^2 / \sigma_w^2$.
+# We check that the closed-form solution is a stationary point of the negative log
+# posterior computed with autograd:
+
+# %%
+noise_std, lam = 0.3, math.exp(-18)
+prior_std = noise_std / math.sqrt(lam)
+w = ridge(lam).requires_grad_()
+Phi = design(x_train)
+nll = ((Phi @ w - t_train) ** 2).sum() / (2 * noise_std**2)
+neg_log_prior = (w**2).sum() / (2 * prior_std**2)
+(nll + neg_log_prior).backward()
+print("relative gradient of -log posterior at the ridge solution:")
+print(f"  {w.grad.norm().item() / (Phi.T @ (Phi @ w - t_train)).norm().item():.2e}")
+
+# %% [markdown]
+# ## SGD with $L^2$ regularization is weight decay
+#
+# The gradient of $\frac{\lambda}{2}\|\boldsymbol w\|^2$ is $\lambda\boldsymbol w$, so an
+# SGD step on the regularized loss is
+#
+# $$\boldsymbol w \leftarrow \boldsymbol w - \alpha\big(\nabla\mathcal L + \lambda\boldsymbol w\big)
+#   = (1 - \alpha\lambda)\,\boldsymbol w - \alpha\nabla\mathcal L:$$
+#
+# each step first **decays** the weights by the factor $1 - \alpha\lambda$. We train two
+# copies of one MLP on digits: one adds $\lambda$ times `nf.l2_penalty`
+# ($\frac12\|\boldsymbol w\|^2$ of the weights only) to the loss, the
+# other uses the optimizer's `weight_decay` on the same parameters
+# (`npfl_lib.optim.param_groups_no_decay`).
+
+# %%
+digits = load_digits()
+X_train = digits.train.inputs.flatten(1).to(device, torch.float64)
+y_train = digits.train.targets.to(device)
+X_dev = digits.dev.inputs.flatten(1).to(device)
+y_dev = digits.dev.targets.to(device)
+
+lr, lam = 0.1, 0.01
+model_a = MLP(64, [100], 10).to(device, torch.float64)
+model_b = copy.deepcopy(model_a)
+opt_a = SGD(model_a.parameters(), lr=lr)
+opt_b = SGD(npfl_lib.optim.param_groups_no_decay(model_b, lam), lr=lr)
+for _step in range(50):
+    batch = torch.randint(len(X_train), (50,), device=device)
+    opt_a.zero_grad()
+    loss_a = nf.cross_entropy(model_a(X_train[batch]), y_train[batch])
+    (loss_a + lam * nf.l2_penalty(model_a)).backward()
+    opt_a.step()
+    opt_b.zero_grad()
+    nf.cross_entropy(model_b(X_train[batch]), y_train[batch]).backward()
+    opt_b.step()
+diff = max(
+    (a - b).abs().max().item()
+    for a, b in zip(model_a.parameters(), model_b.parameters(), strict=True)
+)
+print(f"after 50 steps, max |L2-penalty weights - weight-decay weights| = {diff:.2e}")
+
+# %% [markdown]
+# ## Adam + $L^2$ is not AdamW
+#
+# Adam divides each gradient coordinate by a running estimate of its magnitude
+# $\sqrt{\hat v}$. With an $L^2$ term in the loss, the decay $\lambda\boldsymbol w$ is
+# divided too, so weights with large gradients are decayed *less*. **AdamW**
+# (Loshchilov & Hutter, 2019) decouples the two: it takes the Adam step on
+# $\nabla\mathcal L$ alone and then decays
+# $\boldsymbol w \leftarrow \boldsymbol w - \alpha\lambda\boldsymbol w$.
+#
+# We train the same MLP three times on a 500-example subset of digits: Adam, Adam with
+# `weight_decay` (= $L^2$ in the loss) and AdamW, and follow the weights' norm and the
+# dev accuracy. Note that the same number means different things to the two
+# optimizers: Adam's `weight_decay` scales a gradient, AdamW's a decay per step.
+
+# %%
+X_small, y_small = X_train[:500].float(), y_train[:500]
+
+
+def train_adam(optimizer_class, weight_decay):
+    torch.manual_seed(1)
+    model = MLP(64, [200], 10).to(device)
+    params = npfl_lib.optim.param_groups_no_decay(model, weight_decay)
+    optimizer = optimizer_class(params, lr=0.003)
+    norms, accuracies = [], []
+    for _ in range(EPOCHS):
+        for batch in torch.randperm(len(X_small), device=device).split(50):
+            optimizer.zero_grad()
+            nf.cross_entropy(model(X_small[batch]), y_small[batch]).backward()
+            optimizer.step()
+        with torch.no_grad():
+            norms.append(math.sqrt(2 * nf.l2_penalty(model).item()))
+            accuracies.append((model(X_dev).argmax(-1) == y_dev).float().mean().item())
+    return norms, accuracies
+
+
+runs = {
+    "Adam": train_adam(Adam, 0.0),
+    "Adam + L2 (weight_decay=0.01)": train_adam(Adam, 0.01),
+    "AdamW (weight_decay=0.1)": train_adam(AdamW, 0.1),
+}
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
+for name, (norms, accuracies) in runs.items():
+    axes[0].plot(range(1, EPOCHS + 1), norms, label=name)
+    axes[1].plot(range(1, EPOCHS + 1), accuracies, label=name)
+    print(f"{name:>30}: final ||w|| = {norms[-1]:6.2f}, dev accuracy = {accuracies[-1]:.3f}")
+axes[0].set(xlabel="epoch", ylabel="||w||_2 of the weights", title="weight norm")
+axes[1].set(xlabel="epoch", ylabel="dev accuracy", title="dev accuracy")
+axes[0].legend()
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## $L^1$ regularization and the clipped update
+#
+# The gradient of $\lambda\|\boldsymbol w\|_1$ is $\lambda\operatorname{sign}(\boldsymbol w)$:
+# a constant push towards zero. Plain (sub)gradient steps overshoot zero and make the
+# weight oscillate around it, so no weight becomes exactly zero. The **clipped
+# update** takes the step $w \leftarrow w - \alpha\lambda\operatorname{sign}(w)$ but
+# stops at zero when the step would cross it, which produces exact zeros: a **sparse**
+# model. We compare the weights of a linear classifier trained with no penalty, with the
+# $L^1$ penalty in the loss and with the clipped update.
+
+# %%
+L1_LAMBDA, L1_LR, L1_STEPS = 0.002, 0.1, (2000 if FULL else 400)
+X_full, y_full = X_train.float(), y_train
+
+
+def train_l1(mode):
+    torch.manual_seed(2)
+    model = torch.nn.Linear(64, 10).to(device)
+    optimizer = SGD(model.parameters(), lr=L1_LR)
+    for _ in range(L1_STEPS):
+        batch = torch.randint(len(X_full), (100,), device=device)
+        optimizer.zero_grad()
+        loss = nf.cross_entropy(model(X_full[batch]), y_full[batch])
+        if mode == "L1 penalty in the loss":
+            loss = loss + L1_LAMBDA * nf.l1_penalty(model)
+        loss.backward()
+        optimizer.step()
+        if mode == "L1 clipped update":
+            npfl_lib.optim.l1_step_([model.weight], lr=L1_LR, l1=L1_LAMBDA)
+    with torch.no_grad():
+        accuracy = (model(X_dev).argmax(-1) == y_dev).float().mean().item()
+    return model.weight.detach().flatten().cpu(), accuracy
+
+
+fig, axes = plt.subplots(1, 3, figsize=(13, 3.2), sharey=True)
+for ax, mode in zip(
+    axes, ["no penalty", "L1 penalty in the loss", "L1 clipped update"], strict=True
+):
+    weights, accuracy = train_l1(mode)
+    zeros = (weights == 0).float().mean().item()
+    print(f"{mode:>24}: exact zeros {zeros:6.1%}, dev accuracy {accuracy:.3f}")
+    ax.hist(weights.numpy(), bins=60)
+    ax.set(title=f"{mode}\n{zeros:.0%} exact zeros", xlabel="weight")
+axes[0].set_ylabel("count")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## Try it yourself
+#
+# 1. Replace $\ln\lambda = -18$ in the polynomial example by a range of values and plot
+#    train and test MSE against $\ln\lambda$. Which $\lambda$ would you pick, and on
+#    which data should you pick it?
+# 2. In the SGD experiment, also decay the biases (`exclude_bias=False` in
+#    `nf.l2_penalty` and a plain `SGD(..., weight_decay=lam)`) and check that the two
+#    runs still agree.
+# 3. Increase `L1_LAMBDA` tenfold. How do sparsity and dev accuracy change?

@@ -1,0 +1,133 @@
+"""Whole-training-step CUDA graph capture for the Trainer's resident-data path.
+
+A training step on a small model is latency-bound: launching its ~50 kernels costs more
+than running them. A CUDA graph records the kernels of one step (gather of the batch,
+forward, loss, backward, clipping, optimizer step) once and replays them with a single
+launch. This follows PyTorch's "whole network capture" recipe (torch.cuda.graphs docs):
+
+1. warm up on a side stream (here: the first real training steps, so no step is wasted),
+2. set the gradients to None, so backward allocates them in the graph's memory pool,
+3. capture one step on the same side stream; afterwards, copy the next batch's indices
+   into the captured index tensor and replay.
+
+Everything a graph reads must stay at a fixed address and every number that changes
+between steps must live in a device tensor. Hence optimizers must keep their step count
+on the device (``capturable=True``) and a scheduler may only be used when every
+learning rate is a tensor (which schedulers update in place).
+"""
+
+from __future__ import annotations
+
+import torch
+
+WARMUP_STEPS = 3
+
+
+def graph_blocker(optimizer, scheduler) -> str | None:
+    """Says why the step cannot be captured, or returns None when it can.
+
+    A torch optimizer that has a ``capturable`` option which is off gets it switched on
+    (same update rule, with its step count kept on the GPU); see ``make_capturable``.
+    """
+    for group in optimizer.param_groups:
+        if type(optimizer) is torch.optim.SGD:
+            break  # keeps no step counter; its momentum buffers are made while warming up
+        if "capturable" not in group:
+            return (
+                f"{type(optimizer).__name__} has no capturable=True option, so its step may "
+                "read Python-side state (such as a step counter) that a graph would freeze"
+            )
+        if not group["capturable"] and not _is_torch_optimizer(optimizer):
+            return f"{type(optimizer).__name__} was created with capturable=False"
+    if scheduler is not None:
+        if any(not isinstance(group["lr"], torch.Tensor) for group in optimizer.param_groups):
+            return (
+                "a learning-rate scheduler changes a Python float lr that a captured graph "
+                "would not see; create the optimizer with lr=torch.tensor(..., device=...)"
+            )
+    return None
+
+
+def _is_torch_optimizer(optimizer) -> bool:
+    return type(optimizer).__module__.startswith("torch.optim")
+
+
+def make_capturable(optimizer) -> None:
+    """Turns on ``capturable`` of a torch optimizer, moving existing step counts along."""
+    if not _is_torch_optimizer(optimizer):
+        return
+    for group in optimizer.param_groups:
+        if group.get("capturable") is False:
+            group["capturable"] = True
+            for param in group["params"]:
+                state = optimizer.state.get(param, {})
+                step = state.get("step")
+                if isinstance(step, torch.Tensor) and step.device != param.device:
+                    # Capturable optimizers keep a float32 step on the parameter's device.
+                    state["step"] = step.to(param.device, torch.float32)
+
+
+class GraphedStep:
+    """Runs full-size training steps: eagerly while warming up, then by graph replay.
+
+    Args:
+        eager_step: ``eager_step(index) -> (outputs, targets)`` runs one eager training
+            step on the batch ``index``, adding its loss to a preallocated epoch sum.
+        params: Every parameter whose gradient the step computes.
+        device: The CUDA device everything lives on.
+    """
+
+    def __init__(self, eager_step, params, device: torch.device):
+        self.eager_step = eager_step
+        self.params = list(params)
+        self.device = device
+        self.stream = torch.cuda.Stream(device)
+        self.warmups_left = WARMUP_STEPS
+        self.graph = None
+        self.failure: Exception | None = None
+        self.static_index = self.static_outputs = self.static_targets = None
+
+    def __call__(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Trains on the batch ``index`` (always of the captured size)."""
+        if self.graph is not None:
+            self.static_index.copy_(index)
+            self.graph.replay()
+            return self.static_outputs, self.static_targets
+        current = torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(current)
+        with torch.cuda.stream(self.stream):
+            result = self.eager_step(index)
+        current.wait_stream(self.stream)
+        self.warmups_left -= 1
+        if self.warmups_left == 0:
+            try:
+                self._capture(index)
+            except Exception as error:  # e.g. a loss that syncs with the host (.item())
+                self.failure = error
+        return result
+
+    def _capture(self, index: torch.Tensor) -> None:
+        self.static_index = index.clone()
+        # Backward must allocate the gradients inside the graph's pool (PyTorch docs).
+        for param in self.params:
+            param.grad = None
+        stream = torch.cuda.current_stream(self.device)
+        generator = torch.cuda.default_generators[self.device.index]
+        rng = generator.clone_state() if hasattr(generator, "clone_state") else None
+        graph = torch.cuda.CUDAGraph()
+        try:
+            # Capture on the warm-up stream: libraries cache their handles per stream.
+            with torch.cuda.graph(graph, stream=self.stream):
+                outputs, targets = self.eager_step(self.static_index)
+        except Exception:
+            # A failed capture skips restoring the current stream and leaves the RNG in
+            # "capturing" mode, where the next eager dropout would fail.
+            torch.cuda.set_stream(stream)
+            if rng is not None:
+                generator.graphsafe_set_state(rng)
+            for param in self.params:
+                param.grad = None  # they point at memory of the abandoned capture
+            raise
+        stream.wait_stream(self.stream)
+        self.graph = graph
+        self.static_outputs, self.static_targets = outputs, targets

@@ -1,0 +1,94 @@
+"""RMSprop (``torch.optim.RMSprop``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ._base import KernelOptimizer
+from ._validate import _check_rmsprop_args
+from .kernels import rmsprop_step
+
+
+class RMSprop(KernelOptimizer):
+    """RMSprop, as ``torch.optim.RMSprop``: divide the gradient by a running RMS.
+
+    The update of each parameter is :func:`~npfl_lib.optim.kernels.rmsprop_step`::
+
+        g <- grad + weight_decay * theta
+        v <- alpha * v + (1 - alpha) * g^2
+        theta <- theta - lr * g / (sqrt(v) + eps)      # eps outside the sqrt
+
+    with ``v - m^2`` (``m`` the running mean of ``g``) in place of ``v`` when
+    ``centered``, and a momentum buffer on ``g / (sqrt(v) + eps)`` when ``momentum > 0``.
+    There is no bias correction.
+
+    Args:
+        params: Parameters or parameter-group dicts, as for any ``torch.optim`` optimizer.
+        lr (float): Learning rate, ``>= 0``.
+        alpha (float): Smoothing constant of the running averages, ``>= 0``.
+        eps (float): Added to the square root for stability, ``>= 0``.
+        weight_decay (float): L2 penalty coefficient added to the gradient, ``>= 0``.
+        momentum (float): Momentum factor, ``>= 0``.
+        centered (bool): Normalize by the estimated variance of the gradient.
+
+    State per parameter (torch's keys): ``"step"`` (an ``int``, counted although the
+    update does not use it), ``"square_avg"``, and ``"momentum_buffer"`` /
+    ``"grad_avg"`` when momentum / centering is on; all start at zero.
+
+    Raises:
+        ValueError: An argument out of range, naming it.
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-2,
+        alpha: float = 0.99,
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        momentum: float = 0,
+        centered: bool = False,
+    ) -> None:
+        _check_rmsprop_args(lr, alpha, eps, weight_decay, momentum)
+        defaults = {
+            "lr": lr,
+            "alpha": alpha,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "momentum": momentum,
+            "centered": centered,
+        }
+        super().__init__(params, defaults)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        _check_rmsprop_args(
+            group["lr"], group["alpha"], group["eps"], group["weight_decay"], group["momentum"]
+        )
+
+    def _update(
+        self, param: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], group: dict[str, Any]
+    ) -> None:
+        if not state:
+            state["step"] = 0
+            state["square_avg"] = torch.zeros_like(param)
+        # Created on demand, so a group switched to momentum/centered later starts at zero.
+        if group["momentum"] > 0 and "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(param)
+        if group["centered"] and "grad_avg" not in state:
+            state["grad_avg"] = torch.zeros_like(param)
+        rmsprop_step(
+            param,
+            grad,
+            state["square_avg"],
+            state.get("grad_avg"),
+            state.get("momentum_buffer"),
+            lr=group["lr"],
+            alpha=group["alpha"],
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            momentum=group["momentum"],
+            centered=group["centered"],
+        )
+        state["step"] += 1
