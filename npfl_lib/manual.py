@@ -294,8 +294,7 @@ def gradcheck(
     Returns:
         GradcheckReport: ``passed``, the largest errors and where the worst element is.
     """
-    single = isinstance(inputs, torch.Tensor)
-    inputs = [inputs] if single else list(inputs)
+    inputs = [inputs] if isinstance(inputs, torch.Tensor) else list(inputs)
     for i, x in enumerate(inputs):
         check_float_tensor(f"inputs[{i}]", x)
     check_in_range("eps", eps, 0.0, math.inf, low_inclusive=False)
@@ -363,10 +362,11 @@ def _report(
         # NaN must not pass for agreement: count it as an infinite error.
         error = (a - n).abs().nan_to_num(nan=math.inf)
         scale = torch.maximum(a.abs(), n.abs())
-        rel = torch.where(scale > 0, error / scale, torch.zeros_like(error))
+        zero = torch.zeros_like(error)
+        rel = torch.where(error == 0, zero, error / scale).nan_to_num(nan=math.inf)
         # How many times its tolerance each element misses by: > 1 fails.
         tolerance = atol + rtol * n.abs()
-        excess = torch.where(error == 0, torch.zeros_like(error), error / tolerance)
+        excess = torch.where(error == 0, zero, error / tolerance).nan_to_num(nan=math.inf)
         max_abs = max(max_abs, error.max().item())
         max_rel = max(max_rel, rel.max().item())
         j = int(excess.view(-1).argmax())

@@ -28,14 +28,15 @@ def autograd_grad(torch_loss, input, *args, **kwargs) -> torch.Tensor:
 def assert_matches(actual: torch.Tensor, expected: torch.Tensor) -> None:
     """Equal to autograd: rtol 1e-10 in float64, 1e-5 in float32.
 
-    The absolute tolerance covers gradient entries that should be 0 but come out as
-    rounding noise, e.g. ``softmax - 1_gold`` where softmax is 1 - 1e-17.
+    The absolute tolerance, a few units in the last place of 1, covers entries that are
+    tiny by cancellation, e.g. ``softmax - 1_gold`` where softmax is ``1 - 1e-14``:
+    both implementations round there, so neither is closer to the truth than that.
     """
     float64 = expected.dtype == torch.float64
     assert actual.shape == expected.shape
     assert actual.dtype == expected.dtype
     torch.testing.assert_close(
-        actual, expected, rtol=1e-10 if float64 else 1e-5, atol=1e-15 if float64 else 1e-7
+        actual, expected, rtol=1e-10 if float64 else 1e-5, atol=1e-15 if float64 else 5e-7
     )
 
 

@@ -232,7 +232,9 @@ def test_gradcheck_nan_gradient_fails():
     analytic = torch.tensor([2.0, math.nan, 2.0], dtype=torch.float64)
     report = gradcheck(lambda a: (a**2).sum(), x, analytic=analytic)
     assert not report.passed and report.where == (0, (1,))
-    assert report.max_abs_error == math.inf
+    assert report.max_abs_error == math.inf and report.max_rel_error == math.inf
+    nan_fn = gradcheck(lambda a: (a * math.nan).sum(), x, analytic=2 * x, atol=0, rtol=0)
+    assert not nan_fn.passed
 
 
 def test_gradcheck_tolerances():

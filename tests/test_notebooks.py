@@ -96,7 +96,9 @@ def test_notebook_executes_and_draws_a_figure(path, tmp_path, monkeypatch):
     # The kernel inherits the environment: an MPLBACKEND such as Agg would stop the
     # inline backend from turning figures into image/png outputs.
     monkeypatch.delenv("MPLBACKEND", raising=False)
-    monkeypatch.setenv("PYTHONHASHSEED", "0")
+    # The notebooks' tensors are small: one thread is as fast, and on a busy machine two
+    # OpenMP threads per kernel wait for each other and slow small ops down a hundredfold.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     before = sorted(LECTURES.rglob("*"))
     notebook = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(

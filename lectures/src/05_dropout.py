@@ -150,7 +150,7 @@ print(f"full network, no dropout:     dev accuracy {evaluate(model, X_dev, y_dev
 # %%
 fig, axes = plt.subplots(2, 12, figsize=(13, 2.6))
 for row, p in enumerate(results):
-    first = FIRST_LAYER(results[p][0]).weight.detach().cpu()
+    first = results[p][0].layers[0].weight.detach().cpu()  # the first nn.Linear
     for col in range(12):
         axes[row, col].imshow(first[col].reshape(8, 8), cmap="RdBu_r")
         axes[row, col].axis("off")

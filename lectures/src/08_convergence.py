@@ -216,7 +216,12 @@ plt.show()
 # $\boldsymbol g \leftarrow \boldsymbol g \cdot \min\big(1, \frac{c}{\|\boldsymbol g\|}\big)$,
 # and keeps its direction.
 
+
 # %%
+def show(vector):
+    return "[" + ", ".join(f"{v:.3f}" for v in vector.tolist()) + "]"
+
+
 gradients = torch.tensor([[3.0, 0.5], [0.6, 0.4], [-1.5, 2.5]])
 fig, ax = plt.subplots(figsize=(5, 5))
 for k, g in enumerate(gradients):
@@ -238,9 +243,9 @@ for k, g in enumerate(gradients):
         if k == 0:
             ax.plot([], [], color=color, label=label)
     angle = torch.rad2deg(torch.atan2(by_value.grad[1], by_value.grad[0]) - torch.atan2(g[1], g[0]))
-    print(f"g = {g.tolist()}, norm {total_norm:.2f}:")
-    print(f"    by value {by_value.grad.tolist()}, turned by {angle.abs():.1f} degrees")
-    print(f"    by norm  {by_norm.grad.numpy().round(3).tolist()}, same direction")
+    print(f"g = {show(g)}, norm {total_norm:.2f}:")
+    print(f"    by value {show(by_value.grad)}, turned by {angle.abs():.1f} degrees")
+    print(f"    by norm  {show(by_norm.grad)}, same direction")
 ax.add_patch(plt.Circle((0, 0), 1.0, fill=False, ls=":"))
 ax.add_patch(plt.Rectangle((-1, -1), 2, 2, fill=False, ls="--", color="C1"))
 ax.set(xlim=(-2, 3.2), ylim=(-1.2, 3), aspect="equal", title="clipping three gradients")

@@ -61,7 +61,7 @@ def l2_penalty(module: torch.nn.Module, exclude_bias: bool = True) -> torch.Tens
     weights = _weights(module, exclude_bias)
     if not weights:
         return torch.zeros(())
-    return sum((weight * weight).sum() for weight in weights)
+    return 0.5 * sum((weight * weight).sum() for weight in weights)
 
 
 def l1_penalty(module: torch.nn.Module, exclude_bias: bool = True) -> torch.Tensor:
