@@ -6,6 +6,9 @@ to read: activations, losses and their gradients (``functional``), initializers
 (``metrics``), an MLP (``nn``) and a hand-written backward pass (``manual``).
 """
 
-from . import clip, datasets, functional, init, manual, metrics, nn, optim
+from . import clip, datasets, ensemble, functional, init, manual, metrics, nn, optim, plots
+from .callbacks import EarlyStopping, KeepBestWeights
+from .seed import set_seed
+from .trainer import Trainer
 
 __version__ = "0.1.0"

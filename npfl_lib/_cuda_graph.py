@@ -13,7 +13,11 @@ launch. This follows PyTorch's "whole network capture" recipe (torch.cuda.graphs
 Everything a graph reads must stay at a fixed address and every number that changes
 between steps must live in a device tensor. Hence optimizers must keep their step count
 on the device (``capturable=True``) and a scheduler may only be used when every
-learning rate is a tensor (which schedulers update in place).
+learning rate is a tensor (which schedulers update in place). A hyperparameter that is a
+Python number is baked into the graph, so the Trainer captures anew when one changes
+(e.g. a callback lowering the learning rate) or when a captured tensor is replaced; see
+``capture_key``. Metrics are updated eagerly after each replay, from the graph's output
+tensors: their Python-side state could not be captured.
 """
 
 from __future__ import annotations
@@ -29,16 +33,17 @@ def graph_blocker(optimizer, scheduler) -> str | None:
     A torch optimizer that has a ``capturable`` option which is off gets it switched on
     (same update rule, with its step count kept on the GPU); see ``make_capturable``.
     """
-    for group in optimizer.param_groups:
-        if type(optimizer) is torch.optim.SGD:
-            break  # keeps no step counter; its momentum buffers are made while warming up
+    name = type(optimizer).__name__
+    # torch's SGD keeps no step counter, and its momentum buffers exist after warm-up.
+    groups = [] if type(optimizer) is torch.optim.SGD else optimizer.param_groups
+    for group in groups:
         if "capturable" not in group:
             return (
-                f"{type(optimizer).__name__} has no capturable=True option, so its step may "
-                "read Python-side state (such as a step counter) that a graph would freeze"
+                f"{name} has no capturable=True option, so its step may read Python-side "
+                "state (such as a step counter) that a graph would freeze"
             )
         if not group["capturable"] and not _is_torch_optimizer(optimizer):
-            return f"{type(optimizer).__name__} was created with capturable=False"
+            return f"{name} was created with capturable=False"
     if scheduler is not None:
         if any(not isinstance(group["lr"], torch.Tensor) for group in optimizer.param_groups):
             return (
@@ -56,6 +61,9 @@ def make_capturable(optimizer) -> None:
     """Turns on ``capturable`` of a torch optimizer, moving existing step counts along."""
     if not _is_torch_optimizer(optimizer):
         return
+    # The warm-up and the last, shorter batch run capturable steps eagerly on purpose;
+    # torch would warn once that capturable=True without a capture is slower.
+    optimizer._warned_capturable_if_run_uncaptured = True
     for group in optimizer.param_groups:
         if group.get("capturable") is False:
             group["capturable"] = True
@@ -67,6 +75,27 @@ def make_capturable(optimizer) -> None:
                     state["step"] = step.to(param.device, torch.float32)
 
 
+def capture_key(model, optimizer, *extra) -> tuple:
+    """What a captured step depends on, to tell when a graph must be captured anew.
+
+    A graph reads and writes fixed addresses and has Python numbers (a float learning
+    rate, weight decay, ...) baked in, so it is stale once any of these changes: the
+    storage of a parameter, buffer or optimizer-state tensor, a hyperparameter, or one
+    of ``extra`` (tensors count by storage, anything else by identity or value).
+    """
+    tensors = [*model.parameters(), *model.buffers()]
+    for state in optimizer.state.values():
+        tensors += [value for value in state.values() if isinstance(value, torch.Tensor)]
+    settings = [
+        (name, value.data_ptr() if isinstance(value, torch.Tensor) else value)
+        for group in optimizer.param_groups
+        for name, value in group.items()
+        if name != "params"
+    ]
+    others = [x.data_ptr() if isinstance(x, torch.Tensor) else id(x) for x in extra]
+    return tuple(t.data_ptr() for t in tensors), repr(settings), tuple(others)
+
+
 class GraphedStep:
     """Runs full-size training steps: eagerly while warming up, then by graph replay.
 
@@ -75,10 +104,14 @@ class GraphedStep:
             step on the batch ``index``, adding its loss to a preallocated epoch sum.
         params: Every parameter whose gradient the step computes.
         device: The CUDA device everything lives on.
+        key_fn: Returns the ``capture_key`` of the current state; stored as ``key``
+            right after the capture, so the owner can tell when the graph is stale.
     """
 
-    def __init__(self, eager_step, params, device: torch.device):
+    def __init__(self, eager_step, params, device: torch.device, key_fn):
         self.eager_step = eager_step
+        self.key_fn = key_fn
+        self.key = None
         self.params = list(params)
         self.device = device
         self.stream = torch.cuda.Stream(device)
@@ -129,5 +162,5 @@ class GraphedStep:
                 param.grad = None  # they point at memory of the abandoned capture
             raise
         stream.wait_stream(self.stream)
-        self.graph = graph
+        self.graph, self.key = graph, self.key_fn()
         self.static_outputs, self.static_targets = outputs, targets

@@ -140,6 +140,7 @@ class Trainer:
         self._cache = DeviceCache(self.device)
         self._loss_sum: torch.Tensor | None = None
         self._graph_problem: str | None = None  # why graphs are off, once warned
+        self._graphed: _cuda_graph.GraphedStep | None = None
 
     def _check_metrics(self, metrics) -> dict:
         if metrics is None:
@@ -193,7 +194,6 @@ class Trainer:
         callbacks = list(callbacks)
         train_feed = make_feed(train, "train", self.device, self._cache)
         dev_feed = None if dev is None else make_feed(dev, "dev", self.device, self._cache)
-        graphed = self._make_graphed_step(train_feed)
         writer = None
         if self.logdir is not None:
             from torch.utils.tensorboard import SummaryWriter  # slow import, only when used
@@ -208,7 +208,7 @@ class Trainer:
                 desc = f"Epoch {epoch + 1}/{epochs}"
                 total = train_feed.num_batches(batch_size)
                 bar = tqdm(total=total, desc=desc, unit="batch", disable=verbose != 1)
-                logs = self._train_epoch(train_feed, batch_size, shuffle, graphed, bar)
+                logs = self._train_epoch(train_feed, batch_size, shuffle, bar)
                 if dev_feed is not None:
                     dev_logs = self._evaluate_feed(dev_feed, batch_size)
                     logs.update({f"dev_{key}": value for key, value in dev_logs.items()})
@@ -251,21 +251,27 @@ class Trainer:
         self._loss_sum.add_(loss, alpha=batch_length(targets))
         return outputs.detach(), targets
 
-    def _make_graphed_step(self, feed):
-        if not (self.cuda_graph and self.device.type == "cuda" and isinstance(feed, ResidentData)):
+    def _graphed_step(self, feed, batch_size):
+        """This epoch's CUDA-graph runner: the last one while nothing it captured changed."""
+        eligible = self.cuda_graph and self.device.type == "cuda"
+        if not (eligible and isinstance(feed, ResidentData)) or self._graph_problem is not None:
             return None
-        if self._graph_problem is None:
-            self._graph_problem = _cuda_graph.graph_blocker(self.optimizer, self.scheduler)
-            if self._graph_problem is not None:
-                self._warn_no_graph()
+        self._graph_problem = _cuda_graph.graph_blocker(self.optimizer, self.scheduler)
         if self._graph_problem is not None:
+            self._warn_no_graph()
             return None
-        _cuda_graph.make_capturable(self.optimizer)
-        params = {id(p): p for p in [*self._params, *self.model.parameters()]}.values()
-        step = _cuda_graph.GraphedStep(
-            lambda index: self._step(*feed.take(index)), params, self.device
-        )
-        return step
+
+        def key():
+            extra = (self.loss, self.clip_grad_norm, feed.inputs, feed.targets, batch_size)
+            return _cuda_graph.capture_key(self.model, self.optimizer, *extra)
+
+        graphed = self._graphed
+        if graphed is None or graphed.graph is None or graphed.key != key():
+            _cuda_graph.make_capturable(self.optimizer)
+            params = {id(p): p for p in [*self._params, *self.model.parameters()]}.values()
+            step = lambda index: self._step(*feed.take(index))  # noqa: E731
+            graphed = self._graphed = _cuda_graph.GraphedStep(step, params, self.device, key)
+        return graphed
 
     def _warn_no_graph(self) -> None:
         warnings.warn(
@@ -275,13 +281,14 @@ class Trainer:
             stacklevel=2,
         )
 
-    def _train_epoch(self, feed, batch_size, shuffle, graphed, bar) -> dict:
+    def _train_epoch(self, feed, batch_size, shuffle, bar) -> dict:
         self.model.train()
         for metric in self.metrics.values():
             metric.reset()
         if self._loss_sum is not None:
             self._loss_sum.zero_()
         if isinstance(feed, ResidentData):
+            graphed = self._graphed_step(feed, batch_size)
             steps = (
                 self._resident_step(feed, index, batch_size, graphed)
                 for index in feed.index_batches(batch_size, shuffle)
@@ -312,6 +319,7 @@ class Trainer:
         result = graphed(index)
         if graphed.failure is not None:
             self._graph_problem = f"capturing the step failed ({graphed.failure})"
+            self._graphed = None
             self._warn_no_graph()
         return result
 

@@ -445,10 +445,33 @@ def test_make_capturable_switches_torch_optimizers_only():
     _cuda_graph.make_capturable(adam)
     assert adam.param_groups[0]["capturable"] is True
     assert adam.state[params[0]]["step"].dtype == torch.float32
+    assert adam._warned_capturable_if_run_uncaptured  # eager warm-up steps are intended
 
 
 # ------------------------------------------------------------- CUDA graph (GPU only)
-def _graph_vs_eager(make_optimizer, loss=None, scheduler=None, n=203, batch_size=50):
+def test_capture_key_tracks_what_a_graph_bakes_in():
+    model = make_model()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    data = torch.zeros(4)
+
+    def key(batch_size=50):
+        return _cuda_graph.capture_key(model, optimizer, data, batch_size)
+
+    first = key()
+    assert key() == first
+    assert key(batch_size=49) != first
+    optimizer.param_groups[0]["lr"] = 0.05  # e.g. a callback decaying the learning rate
+    assert key() != first
+    second = key()
+    model[0].weight.data = model[0].weight.data.clone()  # a replaced parameter storage
+    assert key() != second
+    third = key()
+    with torch.no_grad():
+        model[0].weight.mul_(2)  # in-place updates are what a graph replays: no change
+    assert key() == third
+
+
+def _graph_vs_eager(make_optimizer, loss=None, scheduler=None, callbacks=(), n=203, batch_size=50):
     inputs, targets = make_data(n=n)
     results = []
     for graph in (True, False):
@@ -469,7 +492,7 @@ def _graph_vs_eager(make_optimizer, loss=None, scheduler=None, n=203, batch_size
         torch.manual_seed(7)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            history = trainer.fit((inputs, targets), 4, batch_size, verbose=0)
+            history = trainer.fit((inputs, targets), 4, batch_size, callbacks=callbacks, verbose=0)
             history += trainer.fit((inputs, targets), 2, batch_size, verbose=0)
         results.append(
             (strip_time(history), [p.detach().cpu() for p in model.parameters()], caught)
@@ -492,6 +515,21 @@ def test_cuda_graph_equals_eager():
     graph, eager = _graph_vs_eager(adam)
     _assert_same(graph, eager)
     assert not graph[2] and not eager[2]
+
+
+@cuda_only
+def test_cuda_graph_recaptured_when_a_callback_changes_lr():
+    class HalveLearningRate:
+        def on_epoch_end(self, trainer, epoch, logs):
+            for group in trainer.optimizer.param_groups:
+                group["lr"] *= 0.5
+
+    def adam(model):
+        return torch.optim.Adam(model.parameters(), lr=1e-2)  # capturable gets switched on
+
+    graph, eager = _graph_vs_eager(adam, callbacks=[HalveLearningRate()])
+    _assert_same(graph, eager)
+    assert [logs["lr"] for logs in graph[0]] == [1e-2 / 2**k for k in (1, 2, 3, 4, 4, 4)]
 
 
 @cuda_only

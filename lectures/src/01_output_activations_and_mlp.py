@@ -169,9 +169,10 @@ print("max |batched - looped| =", (batched - looped).abs().max().item())
 # ## The computation graph
 #
 # When tensors require gradients, PyTorch records every operation in a graph of
-# `grad_fn` nodes; `loss.backward()` walks it from the loss to the leaves
+# `grad_fn` nodes; `loss.backward()` walks it from the output back to the leaves
 # (`AccumulateGrad` nodes, one per parameter) applying the chain rule. We print the
-# graph of the cross-entropy loss of our MLP:
+# graph of our MLP's logits, the network of the formulas above ($\boldsymbol X$ is
+# a constant input, so it has no node):
 
 # %%
 names = {id(t): name for name, t in [("W_h", W_h), ("b_h", b_h), ("W_o", W_o), ("b_o", b_o)]}
@@ -180,18 +181,27 @@ names = {id(t): name for name, t in [("W_h", W_h), ("b_h", b_h), ("W_o", W_o), (
 def show_graph(node, depth=0):
     label = type(node).__name__
     if hasattr(node, "variable"):
-        label += f"  <- {names.get(id(node.variable), 'input')}"
+        label += f"  <- {names.get(id(node.variable), '?')}"
     print("    " * depth + label)
     for child, _ in node.next_functions:
         if child is not None:
             show_graph(child, depth + 1)
 
 
+logits = forward(torch.rand(5, D, device=device))
+show_graph(logits.grad_fn)
+
+# %% [markdown]
+# `MmBackward0` is a matrix product, `AddBackward0` the bias, and the ReLU appears as the
+# node `nf.relu` is built from. Adding the loss extends the graph at the top;
+# `backward()` then fills `.grad` of every leaf with a tensor of the leaf's shape:
+
+# %%
 targets = torch.randint(K, (5,), device=device)
-loss = nf.cross_entropy(forward(torch.rand(5, D, device=device)), targets)
-show_graph(loss.grad_fn)
+loss = nf.cross_entropy(logits, targets)
 loss.backward()
-print("gradient shapes:", {name: tuple(t.grad.shape) for name, t in [("W_h", W_h), ("W_o", W_o)]})
+for name, t in [("W_h", W_h), ("b_h", b_h), ("W_o", W_o), ("b_o", b_o)]:
+    print(f"{name}: shape {tuple(t.shape)}, gradient shape {tuple(t.grad.shape)}")
 
 # %% [markdown]
 # ## Try it yourself

@@ -31,6 +31,7 @@ FULL = os.environ.get("NPFL_FULL") == "1"  # NPFL_FULL=1 runs the full-size expe
 device = "cuda" if torch.cuda.is_available() else "cpu"
 EPOCHS = 150 if FULL else 40
 SMALL = 200  # examples in the small training set of the diagnosis experiment
+BATCH_SIZE, LR = 10, 0.01  # small batches, many steps: the wide model overfits quickly
 GRID = {"dropout": [0.0, 0.3, 0.5], "weight_decay": [0.0, 0.1, 0.5]}
 if not FULL:
     GRID = {"dropout": [0.0, 0.5], "weight_decay": [0.0, 0.5]}
@@ -54,21 +55,21 @@ def make_trainer(model, optimizer, label_smoothing=0.0, **kwargs):
 # %% [markdown]
 # ## Diagnosis: underfitting and overfitting
 #
-# An MLP with a single hidden unit cannot represent ten classes well (underfitting); a
+# An MLP with two tanh hidden units cannot represent ten classes well (underfitting); a
 # wide MLP trained without regularization on only 200 examples memorizes them
 # (overfitting).
 
 # %%
 small_train = (train[0][:SMALL], train[1][:SMALL])
 experiments = {
-    "1 hidden unit, all data": (MLP(64, [1], 10), train),
-    f"500 hidden units, {SMALL} examples": (MLP(64, [500], 10), small_train),
+    "2 hidden units, all data": (MLP(64, [2], 10, activation="tanh"), train, 50),
+    f"500 hidden units, {SMALL} examples": (MLP(64, [500], 10), small_train, BATCH_SIZE),
 }
 histories = {}
-for name, (model, data) in experiments.items():
+for name, (model, data, batch_size) in experiments.items():
     npfl_lib.set_seed(0)
-    trainer = make_trainer(model, Adam(model.parameters(), lr=0.003))
-    histories[name] = trainer.fit(data, epochs=EPOCHS, dev=dev, verbose=0)
+    trainer = make_trainer(model, Adam(model.parameters(), lr=LR))
+    histories[name] = trainer.fit(data, epochs=EPOCHS, batch_size=batch_size, dev=dev, verbose=0)
     last = histories[name][-1]
     print(
         f"{name}: train accuracy {last['accuracy']:.3f}, dev accuracy {last['dev_accuracy']:.3f}, "
@@ -87,8 +88,9 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# Left: both losses stay high and close together: underfitting. Right: the training
-# loss falls towards zero while the dev loss turns upwards: overfitting.
+# Compare the printed numbers with the two symptoms: for the tiny model, both losses stay
+# high and close together (underfitting); for the wide model, the training loss falls
+# far below the dev loss, which stops improving after a few epochs (overfitting).
 #
 # ## Early stopping
 #
@@ -99,10 +101,15 @@ plt.show()
 # %%
 npfl_lib.set_seed(0)
 model = MLP(64, [500], 10)
-trainer = make_trainer(model, Adam(model.parameters(), lr=0.003))
+trainer = make_trainer(model, Adam(model.parameters(), lr=LR))
 stopper = EarlyStopping(monitor="dev_loss", patience=5, mode="min")
 history = trainer.fit(
-    small_train, epochs=EPOCHS, dev=dev, callbacks=[stopper, KeepBestWeights()], verbose=0
+    small_train,
+    epochs=EPOCHS,
+    batch_size=BATCH_SIZE,
+    dev=dev,
+    callbacks=[stopper, KeepBestWeights()],
+    verbose=0,
 )
 dev_losses = [h["dev_loss"] for h in history]
 best_epoch = min(range(len(dev_losses)), key=dev_losses.__getitem__) + 1
@@ -133,9 +140,12 @@ for dropout in GRID["dropout"]:
     for weight_decay in GRID["weight_decay"]:
         npfl_lib.set_seed(0)
         model = MLP(64, [500], 10, dropout=dropout)
-        trainer = make_trainer(model, AdamW(param_groups_no_decay(model, weight_decay), lr=0.003))
+        optimizer = AdamW(param_groups_no_decay(model, weight_decay), lr=LR)
+        trainer = make_trainer(model, optimizer)
         callbacks = [EarlyStopping(monitor="dev_loss", patience=8, mode="min"), KeepBestWeights()]
-        trainer.fit(small_train, epochs=EPOCHS, dev=dev, callbacks=callbacks, verbose=0)
+        trainer.fit(
+            small_train, EPOCHS, batch_size=BATCH_SIZE, dev=dev, callbacks=callbacks, verbose=0
+        )
         accuracy = results[dropout, weight_decay] = trainer.evaluate(dev)["accuracy"]
         print(f"dropout {dropout}, weight decay {weight_decay}: dev accuracy {accuracy:.3f}")
 best = max(results, key=results.get)
