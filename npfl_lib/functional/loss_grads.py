@@ -23,17 +23,10 @@ import torch
 
 from .._checks import (
     check_float_tensor,
-    check_in_range,
     check_reduction,
     check_same_shape,
 )
-from .losses import (
-    _check_class_input,
-    _check_index_target,
-    _check_prob_target,
-    _class_dim,
-    _log_softmax,
-)
+from .losses import _check_cross_entropy_args, _log_softmax
 
 __all__ = [
     "mse_loss_grad",
@@ -131,25 +124,16 @@ def cross_entropy_grad(
         ValueError: On a shape mismatch, an out-of-range class index, label_smoothing
             outside [0, 1] or an unknown reduction.
     """
-    _check_class_input(input)
-    check_reduction(reduction)
-    check_in_range("label_smoothing", label_smoothing, 0.0, 1.0)
-    if not isinstance(target, torch.Tensor):
-        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
-    dim = _class_dim(input)
-    num_classes = input.shape[dim]
-
+    dim, num_classes, target = _check_cross_entropy_args(
+        input, target, ignore_index, reduction, label_smoothing
+    )
     if target.is_floating_point():
-        _check_prob_target(input, target, ignore_index)
-        if label_smoothing > 0:
-            target = target * (1 - label_smoothing) + label_smoothing / num_classes
         probs = _log_softmax(input, dim).exp()
         grad = probs * target.sum(dim, keepdim=True) - target
         if reduction == "mean":
             grad = grad / (input.numel() // num_classes)
         return grad
 
-    _check_index_target(input, target, ignore_index)
     probs = _log_softmax(input, dim).exp()
     gold = _one_hot(target, num_classes, dim, input.dtype)
     grad = probs - ((1 - label_smoothing) * gold + label_smoothing / num_classes)

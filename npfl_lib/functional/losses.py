@@ -116,6 +116,36 @@ def _check_prob_target(input: torch.Tensor, target: torch.Tensor, ignore_index: 
         )
 
 
+def _check_cross_entropy_args(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+) -> tuple[int, int, torch.Tensor]:
+    """Validates cross-entropy arguments (shared by the loss and its gradient).
+
+    Returns:
+        ``(class dim, number of classes, target)``; a probability target comes back
+        already smoothed, ``(1 - eps) * target + eps / C``, so callers only need to
+        smooth class-index targets.
+    """
+    _check_class_input(input)
+    check_reduction(reduction)
+    check_in_range("label_smoothing", label_smoothing, 0.0, 1.0)
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    dim = _class_dim(input)
+    num_classes = input.shape[dim]
+    if target.is_floating_point():
+        _check_prob_target(input, target, ignore_index)
+        if label_smoothing > 0:
+            target = target * (1 - label_smoothing) + label_smoothing / num_classes
+    else:
+        _check_index_target(input, target, ignore_index)
+    return dim, num_classes, target
+
+
 def _picked_nll(
     log_probs: torch.Tensor, target: torch.Tensor, ignore_index: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -280,22 +310,13 @@ def cross_entropy(
         ValueError: On a shape mismatch, an out-of-range class index, label_smoothing
             outside [0, 1] or an unknown reduction.
     """
-    _check_class_input(input)
-    check_reduction(reduction)
-    check_in_range("label_smoothing", label_smoothing, 0.0, 1.0)
-    if not isinstance(target, torch.Tensor):
-        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
-    dim = _class_dim(input)
-    num_classes = input.shape[dim]
-
+    dim, num_classes, target = _check_cross_entropy_args(
+        input, target, ignore_index, reduction, label_smoothing
+    )
     if target.is_floating_point():
-        _check_prob_target(input, target, ignore_index)
-        if label_smoothing > 0:
-            target = target * (1 - label_smoothing) + label_smoothing / num_classes
         loss = -(_log_softmax(input, dim) * target).sum(dim)
         return _reduce(loss, reduction)
 
-    _check_index_target(input, target, ignore_index)
     log_probs = _log_softmax(input, dim)
     nll = _nll(log_probs, target, ignore_index, reduction)
     if label_smoothing == 0:
