@@ -1,4 +1,4 @@
-"""How the Trainer turns what a user passes as data into batches on the device.
+"""Where the Trainer computes, and how it turns what a user passes as data into batches.
 
 Two paths:
 
@@ -12,6 +12,7 @@ Two paths:
 
 from __future__ import annotations
 
+import os
 import weakref
 from collections.abc import Iterator
 
@@ -23,6 +24,37 @@ DATA_KINDS = (
     "an (inputs, targets) pair of tensors, a split with .inputs/.targets, "
     "a torch Dataset or a DataLoader"
 )
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """Turns ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ... into a usable torch.device.
+
+    ``"auto"`` takes the ``NPFL_DEVICE`` environment variable when it is set (and not
+    ``"auto"`` itself), else CUDA when available, else the CPU.
+
+    Raises:
+        ValueError: The name is not a device, or names one this machine does not have.
+    """
+    source, name = "device", device
+    if isinstance(device, str) and device == "auto":
+        name = os.environ.get("NPFL_DEVICE", "auto").strip() or "auto"
+        source = "NPFL_DEVICE"
+        if name == "auto":
+            name = "cuda" if torch.cuda.is_available() else "cpu"
+    if not isinstance(name, (str, torch.device)):
+        raise TypeError(f"device must be a str or torch.device, got {type(name).__name__}")
+    try:
+        resolved = torch.device(name)
+        torch.empty(0, device=resolved)  # fails for a backend this build or machine lacks
+    except (RuntimeError, AssertionError, ValueError) as error:
+        raise ValueError(
+            f"{source} must be 'auto', 'cpu', 'cuda' or 'cuda:N' (a device this machine has), "
+            f"got {name!r}: {error}"
+        ) from None
+    if resolved.type == "cuda" and resolved.index is None:
+        # An explicit index makes device comparisons (tensor.device == device) work.
+        resolved = torch.device("cuda", torch.cuda.current_device())
+    return resolved
 
 
 def to_device(obj, device: torch.device):
@@ -140,18 +172,18 @@ class LoaderData:
 
     def num_batches(self, batch_size: int) -> int | None:
         try:
-            return len(self._loader(batch_size, False))
+            return len(self.loader(batch_size))
         except TypeError:  # an iterable dataset without a length
             return None
 
-    def _loader(self, batch_size: int, shuffle: bool) -> DataLoader:
+    def loader(self, batch_size: int, shuffle: bool = False) -> DataLoader:
         if isinstance(self.data, DataLoader):
             return self.data  # its own batch size and order win
         shuffle = shuffle and not isinstance(self.data, IterableDataset)
         return DataLoader(self.data, batch_size=batch_size, shuffle=shuffle)
 
     def batches(self, batch_size: int, shuffle: bool = False):
-        for batch in self._loader(batch_size, shuffle):
+        for batch in self.loader(batch_size, shuffle):
             if not isinstance(batch, (tuple, list)) or len(batch) != 2:
                 raise ValueError(
                     "each batch of the data must be an (inputs, targets) pair, "

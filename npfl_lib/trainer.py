@@ -14,7 +14,6 @@ whole step is replayed from a CUDA graph (see ``_cuda_graph``).
 from __future__ import annotations
 
 import math
-import os
 import time
 import warnings
 
@@ -32,41 +31,12 @@ from .data_feed import (
     ResidentData,
     batch_length,
     make_feed,
+    resolve_device,
     tensor_pair,
+    to_device,
 )
 
 RESERVED_KEYS = ("loss", "lr", "time")
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """Turns ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ... into a usable torch.device.
-
-    ``"auto"`` takes the ``NPFL_DEVICE`` environment variable when it is set (and not
-    ``"auto"`` itself), else CUDA when available, else the CPU.
-
-    Raises:
-        ValueError: The name is not a device, or names one this machine does not have.
-    """
-    source, name = "device", device
-    if isinstance(device, str) and device == "auto":
-        name = os.environ.get("NPFL_DEVICE", "auto").strip() or "auto"
-        source = "NPFL_DEVICE"
-        if name == "auto":
-            name = "cuda" if torch.cuda.is_available() else "cpu"
-    if not isinstance(name, (str, torch.device)):
-        raise TypeError(f"device must be a str or torch.device, got {type(name).__name__}")
-    try:
-        resolved = torch.device(name)
-        torch.empty(0, device=resolved)  # fails for a backend this build or machine lacks
-    except (RuntimeError, AssertionError, ValueError) as error:
-        raise ValueError(
-            f"{source} must be 'auto', 'cpu', 'cuda' or 'cuda:N' (a device this machine has), "
-            f"got {name!r}: {error}"
-        ) from None
-    if resolved.type == "cuda" and resolved.index is None:
-        # An explicit index makes device comparisons (tensor.device == device) work.
-        resolved = torch.device("cuda", torch.cuda.current_device())
-    return resolved
 
 
 def _check_count(name: str, value, low: int = 1) -> None:
@@ -377,7 +347,7 @@ class Trainer:
 
         Args:
             inputs: A tensor of inputs, an ``(inputs, targets)`` pair, a split with
-                ``.inputs``, or a Dataset/DataLoader of ``(inputs, targets)`` pairs.
+                ``.inputs``, or a Dataset/DataLoader of inputs or ``(inputs, targets)``.
             batch_size (int): Examples per batch, >= 1 (affects speed and memory only).
         """
         _check_count("batch_size", batch_size)
@@ -393,7 +363,11 @@ class Trainer:
             inputs = self._cache.get(inputs)
             batches = (inputs[i : i + batch_size] for i in range(0, len(inputs), batch_size))
         elif isinstance(inputs, (Dataset, DataLoader)):
-            batches = (batch for batch, _ in LoaderData(inputs, self.device).batches(batch_size))
+            loader = LoaderData(inputs, self.device).loader(batch_size)
+            batches = (  # a Dataset of (inputs, targets) pairs, or of inputs alone
+                to_device(batch[0] if isinstance(batch, (tuple, list)) else batch, self.device)
+                for batch in loader
+            )
         else:
             raise TypeError(f"inputs must be a tensor or {DATA_KINDS}, got {type(inputs).__name__}")
         was_training = self.model.training

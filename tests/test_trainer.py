@@ -1,5 +1,6 @@
 """Tests of npfl_lib.trainer (and its data feeding, npfl_lib.data_feed)."""
 
+import contextlib
 import glob
 import math
 import warnings
@@ -207,7 +208,14 @@ def test_predict_matches_model_in_eval_mode(dtype, device):
     with torch.no_grad():
         expected = model.eval()(inputs.to(device)).cpu()
     model.train()
-    for data in [inputs, (inputs, targets), Split(inputs, targets), PlainDataset(inputs, targets)]:
+    bare = torch.utils.data.DataLoader(inputs, batch_size=9)  # batches of inputs alone
+    for data in [
+        inputs,
+        (inputs, targets),
+        Split(inputs, targets),
+        PlainDataset(inputs, targets),
+        bare,
+    ]:
         outputs = trainer.predict(data, batch_size=10)
         assert outputs.device.type == "cpu" and outputs.shape == (N, C)
         torch.testing.assert_close(outputs, expected, rtol=RTOL[dtype], atol=1e-12)
@@ -448,6 +456,95 @@ def test_make_capturable_switches_torch_optimizers_only():
     assert adam._warned_capturable_if_run_uncaptured  # eager warm-up steps are intended
 
 
+# ------------------------------------------- CUDA-graph orchestration, simulated on CPU
+class FakeStream:
+    def wait_stream(self, other):
+        pass
+
+
+class SimulatedGraphedStep(_cuda_graph.GraphedStep):
+    """Captures nothing: "replay" runs the recorded eager step on the static index.
+
+    This checks the Trainer's side of the graph path on any machine: warm-up steps,
+    replays of full batches, eager shorter batches, reuse and re-capture, fallback.
+    """
+
+    fail = False
+    instances = []
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.captures = self.replays = 0
+        SimulatedGraphedStep.instances.append(self)
+
+    def _capture(self, index):
+        if self.fail:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        self.static_index, self.captures = index.clone(), self.captures + 1
+        owner = self
+
+        class Graph:
+            def replay(self):
+                owner.replays += 1
+                owner.static_outputs, owner.static_targets = owner.eager_step(owner.static_index)
+
+        self.graph, self.key = Graph(), self.key_fn()
+
+
+@pytest.fixture
+def simulated_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: FakeStream())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: FakeStream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(_cuda_graph, "GraphedStep", SimulatedGraphedStep)
+    SimulatedGraphedStep.instances, SimulatedGraphedStep.fail = [], False
+    return SimulatedGraphedStep
+
+
+def _simulated_fit(graph, fail=False, callbacks=()):
+    inputs, targets = make_data(torch.float64, n=203)
+    model = make_model(torch.float64)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    trainer = make_trainer(model, optimizer=optimizer, clip_grad_norm=1.0, cuda_graph=graph)
+    trainer.device = torch.device("cuda", 0)  # the data stay on the CPU
+    SimulatedGraphedStep.fail = fail
+    torch.manual_seed(0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = trainer.fit((inputs, targets), 3, 50, callbacks=callbacks, verbose=0)
+        history += trainer.fit((inputs, targets), 2, 50, verbose=0)
+    caught = [w for w in caught if str(w.message).startswith("Trainer")]
+    return strip_time(history), [p.detach().clone() for p in model.parameters()], caught
+
+
+def test_simulated_graph_path_equals_eager(simulated_cuda):
+    graph, eager = _simulated_fit(True), _simulated_fit(False)
+    assert graph[0] == eager[0] and not graph[2]
+    assert all(torch.equal(a, b) for a, b in zip(graph[1], eager[1], strict=True))
+    (step,) = simulated_cuda.instances  # captured once, reused by the second fit
+    # 5 epochs x 4 full batches (+ an eager batch of 3): 3 warm-up steps, the rest replayed.
+    assert step.captures == 1 and step.replays == 5 * 4 - 3
+
+
+def test_simulated_recapture_after_lr_change(simulated_cuda):
+    class HalveLearningRate:
+        def on_epoch_end(self, trainer, epoch, logs):
+            trainer.optimizer.param_groups[0]["lr"] *= 0.5
+
+    graph = _simulated_fit(True, callbacks=[HalveLearningRate()])
+    eager = _simulated_fit(False, callbacks=[HalveLearningRate()])
+    assert graph[0] == eager[0]
+    # lr changed after epochs 1, 2 and 3 of the first fit: 1 + 3 captures, the 2nd fit reuses.
+    assert len(simulated_cuda.instances) == 4
+
+
+def test_simulated_capture_failure_warns_once_and_trains_on(simulated_cuda):
+    graph, eager = _simulated_fit(True, fail=True), _simulated_fit(False)
+    assert graph[0] == eager[0]
+    assert len(graph[2]) == 1 and "capturing the step failed" in str(graph[2][0].message)
+    assert len(simulated_cuda.instances) == 1
+
+
 # ------------------------------------------------------------- CUDA graph (GPU only)
 def test_capture_key_tracks_what_a_graph_bakes_in():
     model = make_model()
@@ -529,7 +626,7 @@ def test_cuda_graph_recaptured_when_a_callback_changes_lr():
 
     graph, eager = _graph_vs_eager(adam, callbacks=[HalveLearningRate()])
     _assert_same(graph, eager)
-    assert [logs["lr"] for logs in graph[0]] == [1e-2 / 2**k for k in (1, 2, 3, 4, 4, 4)]
+    assert [logs["lr"] for logs in graph[0]] == [1e-2 / 2**k for k in (0, 1, 2, 3, 4, 4)]
 
 
 @cuda_only

@@ -71,11 +71,11 @@ for name, (model, data, batch_size) in experiments.items():
     trainer = make_trainer(model, Adam(model.parameters(), lr=LR))
     histories[name] = trainer.fit(data, epochs=EPOCHS, batch_size=batch_size, dev=dev, verbose=0)
     last = histories[name][-1]
-    print(
-        f"{name}: train accuracy {last['accuracy']:.3f}, dev accuracy {last['dev_accuracy']:.3f}, "
-        f"train loss {last['loss']:.3f}, dev loss {last['dev_loss']:.3f} "
-        f"(lowest dev loss {min(h['dev_loss'] for h in histories[name]):.3f})"
-    )
+    dev_losses = [h["dev_loss"] for h in histories[name]]
+    best = min(range(len(dev_losses)), key=dev_losses.__getitem__)
+    print(f"{name}: train accuracy {last['accuracy']:.3f}, dev accuracy {last['dev_accuracy']:.3f}")
+    print(f"    final train loss {last['loss']:.4f}, final dev loss {last['dev_loss']:.4f}")
+    print(f"    lowest dev loss {dev_losses[best]:.4f} at epoch {best + 1} of {len(dev_losses)}")
 
 fig, axes = plt.subplots(1, 2, figsize=(12, 3.5))
 for ax, (name, history) in zip(axes, histories.items(), strict=True):
@@ -167,7 +167,7 @@ plt.show()
 # %% [markdown]
 # ## The "good defaults" recipe, applied
 #
-# A starting point that works for most MLPs (and beyond), collected from the lecture:
+# A good starting point for most MLPs, collecting what the previous notebooks showed:
 #
 # 1. **Optimizer**: AdamW, learning rate around $10^{-3}$, weight decay on the weights
 #    only (not the biases), batch size 32-256, the learning rate decayed over training

@@ -35,9 +35,9 @@ print(f"device: {device}, full size: {FULL}")
 #
 # The sigmoid and tanh **saturate**: for large $|x|$ their derivative is nearly zero,
 # so a unit pushed far from zero passes almost no gradient back. The sigmoid's
-# derivative is at most $\frac14$, so every sigmoid layer shrinks the gradient at least
-# fourfold. ReLU passes the gradient unchanged for positive inputs (and not at all for
-# negative ones).
+# derivative is at most $\frac14$, so on its way back through a sigmoid the gradient
+# is multiplied by at most $\frac14$ (the weights may scale it up again). ReLU passes
+# the gradient unchanged for positive inputs (and not at all for negative ones).
 
 # %%
 x = torch.linspace(-6, 6, 601)
@@ -151,8 +151,10 @@ plt.show()
 # values of variance $n_\text{in}\operatorname{Var}(W)\,v$; backwards, the gradient's
 # variance is multiplied by $n_\text{out}\operatorname{Var}(W)$. The then-common
 # initialization $W \sim U\big[-\frac{1}{\sqrt{n_\text{in}}}, \frac{1}{\sqrt{n_\text{in}}}\big]$
-# has $\operatorname{Var}(W) = \frac{1}{3n_\text{in}}$, so every layer shrinks the signal
-# about threefold. Glorot & Bengio proposed the compromise
+# has $\operatorname{Var}(W) = \frac{1}{3n_\text{in}}$, so in a network of equal widths
+# every layer divides the variance of the signal by about three (its standard deviation
+# by $\sqrt 3 \approx 1.7$), forwards and backwards. Glorot & Bengio proposed the
+# compromise
 # $\operatorname{Var}(W) = \frac{2}{n_\text{in} + n_\text{out}}$, i.e.
 #
 # $$W \sim U\big[-a, a\big], \qquad a = \sqrt{\frac{6}{n_\text{in} + n_\text{out}}}.$$
@@ -204,8 +206,9 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# With the old initialization the activations shrink from layer to layer (printed
-# standard deviations above), and the gradients are smallest in the lowest layers;
+# Compare the printed standard deviations: with the old initialization the activations
+# shrink from layer to layer and the gradients are smallest in the lowest layers (the
+# ratio of neighbouring layers is close to $\sqrt 3$ while tanh is nearly linear);
 # with Glorot's initialization both stay at a similar scale across the layers.
 #
 # ## Gradient clipping: by value or by norm

@@ -1,0 +1,37 @@
+"""nbgrader configuration: run nbgrader from the repository root.
+
+    nbgrader generate_assignment losses_and_gradients --force   # -> release/<name>/
+    nbgrader autograde losses_and_gradients                     # submitted/ -> autograded/
+    nbgrader generate_feedback losses_and_gradients             # -> feedback/
+
+Sources are ``assignments/<name>/<name>.ipynb`` (nbgrader's ``source/<name>/`` renamed).
+The instructor outputs (release/, submitted/<student>/<name>/, autograded/, feedback/
+and gradebook.db) go to ``$NPFL_COURSE_OUTPUT`` if set, else the repository root; they
+are git-ignored. Collected submissions belong in ``<output>/submitted/<student>/<name>/``.
+"""
+
+import os
+from pathlib import Path
+
+c = get_config()  # noqa: F821 - injected by traitlets when nbgrader loads this file
+
+REPO = Path(__file__).resolve().parent
+OUTPUT = Path(os.environ.get("NPFL_COURSE_OUTPUT") or REPO).expanduser().resolve()
+OUTPUT.mkdir(parents=True, exist_ok=True)
+
+c.CourseDirectory.course_id = "npfl-course"
+# nbgrader puts every step (source, release, ...) under one root and builds regular
+# expressions from the paths, so the root is the output folder and the sources are
+# reached by a relative path (no absolute path inside a regex, no special characters).
+c.CourseDirectory.root = str(OUTPUT)
+c.CourseDirectory.source_directory = os.path.relpath(REPO / "assignments", OUTPUT)
+c.CourseDirectory.db_url = f"sqlite:///{OUTPUT / 'gradebook.db'}"
+# variants.py holds alternative (correct) solutions for the tests of the tests: it must
+# never be released to students.
+c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", "variants.py"]
+
+# A cell that runs longer than this is stopped and graded as failed; each test cell also
+# has its own, shorter time_limit(...). Every assignment autogrades in about a minute.
+CELL_TIMEOUT_S = int(os.environ.get("NPFL_CELL_TIMEOUT", "120"))
+c.Execute.timeout = CELL_TIMEOUT_S
+c.ExecutePreprocessor.timeout = CELL_TIMEOUT_S

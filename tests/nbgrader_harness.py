@@ -1,0 +1,328 @@
+"""Runs real nbgrader on an assignment: the machinery behind tests/test_assignments.py.
+
+For one assignment it builds a throwaway course directory (the repository's
+``nbgrader_config.py`` and a copy of ``assignments/<name>/``), runs ``nbgrader
+generate_assignment``, then autogrades a set of submissions: the source notebook, the
+unchanged release, and one per variant of ``variants.py`` (the release with every
+solution filled in from the source except the variant's cell). Scores are read from
+the gradebook, errors from the autograded notebooks.
+
+To use both cores, the submissions are split into ``$NPFL_GRADING_JOBS`` shards
+(default: the number of CPUs, at most 4); each shard is a copy of the course directory
+graded by one ``nbgrader autograde`` call, and the shards run in parallel.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from types import ModuleType
+
+import nbformat
+
+REPO = Path(__file__).resolve().parent.parent
+ASSIGNMENTS = REPO / "assignments"
+SOLUTION_MARKERS = ("### BEGIN SOLUTION", "### END SOLUTION")
+HIDDEN_MARKERS = ("### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS")
+
+# The exact nbgrader metadata (schema 3) of each kind of cell, without grade_id/points.
+CELL_KINDS = {
+    "solution": {"grade": False, "locked": False, "solution": True},
+    "test": {"grade": True, "locked": True, "solution": False},
+    "readonly": {"grade": False, "locked": True, "solution": False},
+    "manual": {"grade": True, "locked": False, "solution": True},
+}
+
+
+def discover() -> list[str]:
+    """Names of the assignments: folders ``assignments/<name>/`` holding ``<name>.ipynb``."""
+    if not ASSIGNMENTS.is_dir():
+        return []
+    return sorted(p.name for p in ASSIGNMENTS.iterdir() if (p / f"{p.name}.ipynb").is_file())
+
+
+def source_path(name: str) -> Path:
+    return ASSIGNMENTS / name / f"{name}.ipynb"
+
+
+def read_notebook(path: Path) -> nbformat.NotebookNode:
+    return nbformat.read(path, as_version=4)
+
+
+def load_variants(name: str) -> ModuleType:
+    """``assignments/<name>/variants.py`` as a module (WRONG, ALTERNATIVE, DELEGATING)."""
+    path = ASSIGNMENTS / name / "variants.py"
+    spec = importlib.util.spec_from_file_location(f"_variants_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def cell_kind(cell: nbformat.NotebookNode) -> str | None:
+    """"solution", "test", "readonly" or "manual", or None without (valid) nbgrader data."""
+    meta = cell.metadata.get("nbgrader")
+    if not meta:
+        return None
+    flags = {key: meta.get(key) for key in ("grade", "locked", "solution")}
+    for kind, expected in CELL_KINDS.items():
+        if flags == expected:
+            if kind == "solution" and cell.cell_type != "code":
+                return "manual" if meta.get("grade") else None
+            return kind
+    return None
+
+
+def expected_metadata(cell: nbformat.NotebookNode) -> dict | None:
+    """The exact metadata nbgrader's schema 3 wants for this cell's kind, or None."""
+    kind = cell_kind(cell)
+    if kind is None:
+        return None
+    meta = cell.metadata["nbgrader"]
+    expected = {**CELL_KINDS[kind], "grade_id": meta.get("grade_id"), "schema_version": 3}
+    expected["task"] = False
+    if kind in ("test", "manual"):
+        expected["points"] = meta.get("points")
+    return expected
+
+
+def cells_by_kind(notebook: nbformat.NotebookNode, kind: str) -> dict[str, nbformat.NotebookNode]:
+    """``{grade_id: cell}`` for the cells of one kind, in notebook order."""
+    return {
+        cell.metadata.nbgrader.grade_id: cell for cell in notebook.cells if cell_kind(cell) == kind
+    }
+
+
+def autograded_tests(notebook: nbformat.NotebookNode) -> dict[str, float]:
+    """``{grade_id: points}`` of the autograded (code) test cells."""
+    return {
+        grade_id: float(cell.metadata.nbgrader.points)
+        for grade_id, cell in cells_by_kind(notebook, "test").items()
+        if cell.cell_type == "code"
+    }
+
+
+def graded_function(source: str) -> str | None:
+    """The name of the single top-level function a solution cell defines, else None."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+    defs = [node.name for node in tree.body if isinstance(node, ast.FunctionDef)]
+    return defs[0] if len(defs) == 1 else None
+
+
+def marked_lines(source: str, markers: tuple[str, str]) -> list[str]:
+    """The stripped, non-empty lines strictly between each pair of ``markers``."""
+    lines, inside = [], False
+    for line in source.splitlines():
+        text = line.strip()
+        if text.startswith(markers[0]):
+            inside = True
+        elif text.startswith(markers[1]):
+            inside = False
+        elif inside and text:
+            lines.append(text)
+    return lines
+
+
+def calls_outside_guards(source: str, functions: set[str]) -> list[str]:
+    """Calls of ``functions`` not inside both ``with forbid(...)`` and ``with time_limit(...)``.
+
+    Returns a description (line and call) of each unguarded call.
+    """
+    tree = ast.parse(source)
+    problems: list[str] = []
+
+    def guards_of(node: ast.With) -> set[str]:
+        names = set()
+        for item in node.items:
+            call = item.context_expr
+            if isinstance(call, ast.Call):
+                func = call.func
+                names.add(func.id if isinstance(func, ast.Name) else getattr(func, "attr", ""))
+        return names & {"forbid", "time_limit"}
+
+    def visit(node: ast.AST, guards: frozenset[str]) -> None:
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            if node.func.id in functions and guards != {"forbid", "time_limit"}:
+                problems.append(f"line {node.lineno}: {node.func.id}(...)")
+        inner = guards | guards_of(node) if isinstance(node, ast.With) else guards
+        for child in ast.iter_child_nodes(node):
+            visit(child, inner)
+
+    visit(tree, frozenset())
+    return problems
+
+
+def make_submission(
+    release: nbformat.NotebookNode,
+    source: nbformat.NotebookNode,
+    replace: dict[str, str] | None = None,
+) -> nbformat.NotebookNode:
+    """The release with every solution (code or written) filled in from the source.
+
+    ``replace`` maps solution grade_ids to code that goes there instead.
+    """
+    replace = replace or {}
+    answers = {**cells_by_kind(source, "solution"), **cells_by_kind(source, "manual")}
+    missing = set(replace) - set(answers)
+    if missing:
+        raise KeyError(f"no solution cell with grade_id {sorted(missing)}")
+    submission = copy.deepcopy(release)
+    for cell in submission.cells:
+        if cell_kind(cell) in ("solution", "manual"):
+            grade_id = cell.metadata.nbgrader.grade_id
+            cell.source = replace.get(grade_id, answers[grade_id].source)
+    return submission
+
+
+@dataclass
+class Graded:
+    """What nbgrader made of one assignment's submissions."""
+
+    name: str
+    release: nbformat.NotebookNode | None = None
+    release_files: list[str] = field(default_factory=list)
+    # student -> grade_id -> (auto_score, max_score)
+    scores: dict[str, dict[str, tuple[float | None, float]]] = field(default_factory=dict)
+    # student -> grade_id -> ["ErrorName: message", ...] of that cell's error outputs
+    errors: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    exec_seconds: dict[str, float] = field(default_factory=dict)  # first input to last reply
+    generate_seconds: float = 0.0
+    autograde_seconds: float = 0.0
+    log: str = ""
+
+    def failure_log(self, student: str) -> str:
+        return f"(student {student!r}; nbgrader log tail:\n{self.log[-3000:]})"
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("NPFL_COURSE_OUTPUT", None)  # the course directory is the output folder
+    bindir = str(Path(sys.executable).parent)  # nbgrader runs `alembic` from PATH
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")  # shards run side by side on few cores
+    return env
+
+
+def _nbgrader(course: Path, *args: str) -> str:
+    """Runs ``python -m nbgrader <args>`` in ``course``; returns the log."""
+    result = subprocess.run(
+        [sys.executable, "-m", "nbgrader", *args],
+        cwd=course,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    return f"$ nbgrader {' '.join(args)} (exit {result.returncode})\n{result.stdout}{result.stderr}"
+
+
+def _timestamp(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def _read_autograded(course: Path, name: str, student: str, graded: Graded) -> None:
+    path = course / "autograded" / student / name / f"{name}.ipynb"
+    if not path.exists():
+        return
+    notebook = read_notebook(path)
+    errors, starts, ends = {}, [], []
+    for cell in notebook.cells:
+        timing = cell.metadata.get("execution", {})
+        if "iopub.execute_input" in timing and "shell.execute_reply" in timing:
+            starts.append(_timestamp(timing["iopub.execute_input"]))
+            ends.append(_timestamp(timing["shell.execute_reply"]))
+        grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if grade_id and cell.cell_type == "code":
+            errors[grade_id] = [
+                f"{out.ename}: {out.evalue}" for out in cell.outputs if out.output_type == "error"
+            ]
+    graded.errors[student] = errors
+    if starts:
+        graded.exec_seconds[student] = max(ends) - min(starts)
+
+
+def _read_scores(course: Path, name: str, graded: Graded) -> None:
+    from nbgrader.api import Gradebook, MissingEntry
+
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gradebook:
+        for student in gradebook.students:
+            try:
+                notebook = gradebook.find_submission_notebook(name, name, student.id)
+            except MissingEntry:
+                continue
+            graded.scores[student.id] = {
+                grade.name: (grade.auto_score, grade.max_score) for grade in notebook.grades
+            }
+
+
+def grade(name: str, workdir: Path, submissions_of) -> Graded:
+    """Generates ``name`` in a course under ``workdir`` and autogrades its submissions.
+
+    Args:
+        name: The assignment.
+        workdir: An empty scratch folder.
+        submissions_of: ``f(release, source) -> {student_id: notebook}``.
+
+    Returns:
+        Graded: scores, errors and timings; ``release`` is None if generation failed.
+    """
+    graded = Graded(name)
+    base = workdir / "course"
+    (base / "assignments").mkdir(parents=True)
+    shutil.copy(REPO / "nbgrader_config.py", base / "nbgrader_config.py")
+    shutil.copytree(ASSIGNMENTS / name, base / "assignments" / name)
+    start = time.perf_counter()
+    graded.log = _nbgrader(base, "generate_assignment", name, "--force")
+    graded.generate_seconds = time.perf_counter() - start
+    release_dir = base / "release" / name
+    release_path = release_dir / f"{name}.ipynb"
+    if not release_path.exists():
+        return graded
+    graded.release = read_notebook(release_path)
+    graded.release_files = sorted(
+        str(p.relative_to(release_dir)) for p in release_dir.rglob("*") if p.is_file()
+    )
+
+    submissions = submissions_of(graded.release, read_notebook(source_path(name)))
+    jobs = int(os.environ.get("NPFL_GRADING_JOBS") or min(os.cpu_count() or 1, 4))
+    students = list(submissions)
+    shards = [students[i::jobs] for i in range(jobs) if students[i::jobs]]
+    courses = []
+    for index, shard in enumerate(shards):
+        course = workdir / f"shard{index}"
+        shutil.copytree(base, course)
+        for student in shard:
+            folder = course / "submitted" / student / name
+            folder.mkdir(parents=True)
+            nbformat.write(submissions[student], folder / f"{name}.ipynb")
+        courses.append(course)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=len(courses)) as pool:
+        logs = list(pool.map(lambda course: _nbgrader(course, "autograde", name), courses))
+    graded.autograde_seconds = time.perf_counter() - start
+    graded.log += "\n".join(logs)
+    for course, shard in zip(courses, shards):
+        _read_scores(course, name, graded)
+        for student in shard:
+            _read_autograded(course, name, student, graded)
+    return graded
+
+
+def safe_id(text: str) -> str:
+    """``text`` reduced to characters safe in a student id and a pytest id."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower()[:40]

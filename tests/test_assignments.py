@@ -1,0 +1,284 @@
+"""Tests of the tests: every assignment under assignments/, graded by real nbgrader.
+
+For each assignment (parametrized by name, so ``-k losses_and_gradients`` selects one):
+
+1. the source notebook, submitted as is, gets full points on every autograded cell;
+2. the generated release holds no solution code and no hidden tests, and submitted
+   unchanged scores 0 on every autograded cell;
+3. every WRONG variant of ``variants.py`` loses points on each test cell it names;
+4. every ALTERNATIVE variant gets full points;
+5. every DELEGATING variant loses points on each test cell it names, through a
+   ForbiddenCallError raised by ``forbid``.
+
+All submissions of an assignment are autograded in one go (see nbgrader_harness.py);
+the first test that needs the grades pays for it. Cheap static checks come first:
+clean notebooks with schema-3 metadata, unique grade_ids, every call of a graded
+function under ``forbid`` and ``time_limit``, and complete variants. The autograde times
+are printed per assignment (``-s`` or ``-rP`` to see them).
+"""
+
+from __future__ import annotations
+
+import ast
+from collections import Counter
+
+import nbformat
+import nbgrader_harness as harness
+import pytest
+
+NAMES = harness.discover()
+MAX_AUTOGRADE_S = 60  # per notebook on a 2-core CPU (the issue's budget)
+KINDS = ("WRONG", "ALTERNATIVE", "DELEGATING")
+_GRADED: dict[str, harness.Graded] = {}
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def _variant_params() -> list:
+    params = []
+    for name in NAMES:
+        try:
+            module = harness.load_variants(name)
+        except Exception:  # reported by test_variants_are_complete
+            continue
+        for kind in KINDS:
+            for index, variant in enumerate(getattr(module, kind, [])):
+                label = harness.safe_id(str(variant.get("name", "")))
+                params.append(pytest.param(name, kind, index, id=f"{name}-{kind}{index}-{label}"))
+    return params
+
+
+def _student(kind: str, index: int) -> str:
+    return f"{kind.lower()}{index:02d}"
+
+
+def _submissions(name: str):
+    """``f(release, source) -> {student: notebook}`` for the source, release and variants."""
+
+    def build(release, source):
+        submissions = {"source": source, "release": release}
+        try:
+            module = harness.load_variants(name)
+        except Exception:
+            return submissions
+        for kind in KINDS:
+            for index, variant in enumerate(getattr(module, kind, [])):
+                replace = {variant["cell"]: variant["code"]}
+                submissions[_student(kind, index)] = harness.make_submission(
+                    release, source, replace
+                )
+        return submissions
+
+    return build
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory, pytestconfig):
+    """``graded(name)``: the assignment autograded (once per test session)."""
+    reporter = pytestconfig.pluginmanager.getplugin("terminalreporter")
+
+    def get(name: str) -> harness.Graded:
+        if name not in _GRADED:
+            result = harness.grade(name, tmp_path_factory.mktemp(name), _submissions(name))
+            _GRADED[name] = result
+            if reporter is not None:
+                source_s = result.exec_seconds.get("source", float("nan"))
+                reporter.write_line(
+                    f"\n[{name}] generate {result.generate_seconds:.1f} s; autograde of "
+                    f"{len(result.scores)} submissions {result.autograde_seconds:.1f} s; "
+                    f"source notebook executes in {source_s:.1f} s"
+                )
+        result = _GRADED[name]
+        if result.release is None:
+            pytest.fail(f"nbgrader generate_assignment {name} failed:\n{result.log[-3000:]}")
+        return result
+
+    return get
+
+
+def _source(name: str) -> nbformat.NotebookNode:
+    return harness.read_notebook(harness.source_path(name))
+
+
+# ----------------------------------------------------------------------------------
+# Static checks
+# ----------------------------------------------------------------------------------
+
+
+def test_there_are_assignments():
+    assert NAMES, "no assignments/<name>/<name>.ipynb found"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_is_clean_and_well_formed(name):
+    notebook = _source(name)
+    nbformat.validate(notebook)
+    assert notebook.metadata.kernelspec.name == "python3"
+    grade_ids = []
+    for index, cell in enumerate(notebook.cells):
+        where = f"cell {index} of {name}.ipynb"
+        if cell.cell_type == "code":
+            assert cell.outputs == [], f"{where} has outputs"
+            assert cell.execution_count is None, f"{where} has an execution count"
+        expected = harness.expected_metadata(cell)
+        assert expected is not None, f"{where} has no valid nbgrader metadata"
+        assert dict(cell.metadata.nbgrader) == expected, f"{where}: metadata differs"
+        grade_ids.append(expected["grade_id"])
+        kind = harness.cell_kind(cell)
+        if kind in ("test", "manual"):
+            assert expected["points"] > 0, f"{where} has no points"
+        if kind == "solution":
+            _check_solution_cell(cell.source, where)
+        if kind == "test" and cell.cell_type == "code":
+            assert harness.marked_lines(cell.source, harness.HIDDEN_MARKERS), (
+                f"{where} has no hidden tests (### BEGIN HIDDEN TESTS / ### END HIDDEN TESTS)"
+            )
+    duplicates = [g for g, count in Counter(grade_ids).items() if count > 1]
+    assert not duplicates, f"grade_ids used twice: {duplicates}"
+    assert harness.autograded_tests(notebook), "no autograded test cell"
+
+
+def _check_solution_cell(source: str, where: str) -> None:
+    lines = source.splitlines()
+    begins = [i for i, line in enumerate(lines) if line.strip() == harness.SOLUTION_MARKERS[0]]
+    ends = [i for i, line in enumerate(lines) if line.strip() == harness.SOLUTION_MARKERS[1]]
+    assert begins and len(begins) == len(ends), f"{where}: unbalanced solution markers"
+    assert harness.graded_function(source), f"{where} must define exactly one function"
+    function = ast.parse(source).body[0]
+    docstring = ast.get_docstring(function)
+    assert docstring, f"{where}: the graded function needs a docstring"
+    doc_end = function.body[0].end_lineno  # 1-based line of the docstring's end
+    assert begins[0] >= doc_end, f"{where}: the signature and docstring must precede BEGIN"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_graded_functions_are_called_under_forbid_and_time_limit(name):
+    notebook = _source(name)
+    functions = {harness.graded_function(c.source) for c in harness.cells_by_kind(notebook, "solution").values()}
+    functions.discard(None)
+    for grade_id, cell in harness.cells_by_kind(notebook, "test").items():
+        if cell.cell_type != "code":
+            continue
+        unguarded = harness.calls_outside_guards(cell.source, functions)
+        assert not unguarded, f"test cell {grade_id!r} calls outside forbid/time_limit: {unguarded}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_variants_are_complete(name):
+    module = harness.load_variants(name)
+    notebook = _source(name)
+    solutions = harness.cells_by_kind(notebook, "solution")
+    tests = harness.autograded_tests(notebook)
+    for kind in KINDS:
+        assert isinstance(getattr(module, kind, None), list), f"variants.py needs a list {kind}"
+    for kind in KINDS:
+        for variant in getattr(module, kind):
+            label = f"{kind} variant {variant.get('name')!r}"
+            assert variant.get("name"), f"{label} needs a name"
+            assert variant.get("cell") in solutions, f"{label}: no solution cell {variant.get('cell')!r}"
+            function = harness.graded_function(solutions[variant["cell"]].source)
+            assert harness.graded_function(variant["code"]) == function, (
+                f"{label} must define exactly one function, {function}"
+            )
+            if kind != "ALTERNATIVE":
+                fails = variant.get("fails")
+                assert fails and set(fails) <= set(tests), f"{label}: bad fails {fails!r}"
+    wrong = Counter(variant["cell"] for variant in module.WRONG)
+    thin = [cell for cell in solutions if wrong[cell] < 2]
+    assert not thin, f"fewer than two WRONG variants for {thin}"
+    assert module.ALTERNATIVE, "at least one ALTERNATIVE variant is needed"
+    assert module.DELEGATING, "at least one DELEGATING variant is needed"
+    names = [v["name"] for kind in KINDS for v in getattr(module, kind)]
+    assert len(names) == len(set(names)), "variant names must be unique"
+
+
+# ----------------------------------------------------------------------------------
+# Real nbgrader
+# ----------------------------------------------------------------------------------
+
+
+def _lost(graded: harness.Graded, student: str) -> dict[str, tuple]:
+    """The autograded cells where ``student`` did not get full points."""
+    tests = harness.autograded_tests(_source(graded.name))
+    scores = graded.scores.get(student)
+    assert scores is not None, f"nbgrader graded no submission {graded.failure_log(student)}"
+    return {g: scores[g] for g in tests if scores[g][0] is None or scores[g][0] < scores[g][1]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_source_gets_full_points(name, graded):
+    result = graded(name)
+    lost = _lost(result, "source")
+    errors = {g: result.errors["source"].get(g) for g in lost}
+    assert not lost, f"the source notebook lost points on {lost}; errors: {errors}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_release_has_no_solutions_or_hidden_tests(name, graded):
+    release = graded(name).release
+    source = _source(name)
+    text = nbformat.writes(release)
+    for marker in (*harness.SOLUTION_MARKERS, *harness.HIDDEN_MARKERS, "HIDDEN TESTS"):
+        assert marker not in text, f"the release contains {marker!r}"
+    assert "variants.py" not in graded(name).release_files
+    released = {
+        cell.metadata.nbgrader.grade_id: cell for cell in release.cells if "nbgrader" in cell.metadata
+    }
+    for kind, markers in (("solution", harness.SOLUTION_MARKERS), ("test", harness.HIDDEN_MARKERS)):
+        for grade_id, cell in harness.cells_by_kind(source, kind).items():
+            visible = {line.strip() for line in _outside(cell.source, markers)}
+            secret = [s for s in harness.marked_lines(cell.source, markers) if s not in visible]
+            shown = {line.strip() for line in released[grade_id].source.splitlines()}
+            leaked = [s for s in secret if s in shown and not s.startswith("#")]
+            assert not leaked, f"release cell {grade_id!r} shows hidden lines: {leaked[:3]}"
+
+
+def _outside(source: str, markers: tuple[str, str]) -> list[str]:
+    inside_lines = set(harness.marked_lines(source, markers))
+    return [line for line in source.splitlines() if line.strip() not in inside_lines]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_release_scores_zero(name, graded):
+    result = graded(name)
+    tests = harness.autograded_tests(_source(name))
+    scores = result.scores.get("release")
+    assert scores is not None, f"nbgrader graded no release {result.failure_log('release')}"
+    scored = {g: scores[g] for g in tests if scores[g][0] != 0}
+    assert not scored, f"the unchanged release scored points on {scored}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "kind", "index"), _variant_params())
+def test_variant(name, kind, index, graded):
+    result = graded(name)
+    variant = getattr(harness.load_variants(name), kind)[index]
+    student = _student(kind, index)
+    lost = _lost(result, student)
+    errors = result.errors.get(student, {})
+    if kind == "ALTERNATIVE":
+        details = {g: errors.get(g) for g in lost}
+        assert not lost, f"correct variant {variant['name']!r} lost points: {lost}; {details}"
+        return
+    kept = [g for g in variant["fails"] if g not in lost]
+    assert not kept, f"{kind} variant {variant['name']!r} kept full points on {kept}"
+    if kind == "DELEGATING":
+        for grade_id in variant["fails"]:
+            raised = " | ".join(errors.get(grade_id, []))
+            assert "ForbiddenCallError" in raised, (
+                f"delegating variant {variant['name']!r} failed {grade_id!r} but not "
+                f"through forbid: {raised or 'no error output'}"
+            )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_autograde_time(name, graded):
+    result = graded(name)
+    seconds = result.exec_seconds.get("source")
+    assert seconds is not None, "no timing recorded for the source notebook"
+    print(f"{name}: the source notebook executes in {seconds:.1f} s under nbgrader")
+    assert seconds <= MAX_AUTOGRADE_S, f"{name} takes {seconds:.0f} s > {MAX_AUTOGRADE_S} s"
