@@ -9,7 +9,7 @@ the median is reported with its ratio to (a):
     (a) plain DataLoader loop     (b) hand loop, data on the device
     (c) npfl_lib.Trainer.fit      (d) Trainer.fit with npfl_lib.optim.AdamW
 
-Usage: python benchmarks/train_epoch.py [--rows 11000] [--device cpu] [--epochs 3]
+Usage: python benchmarks/train_epoch.py [--rows 11000] [--device cpu] [--epochs 3] [--threads N]
 """
 
 from __future__ import annotations
@@ -130,7 +130,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, default=55000, help="examples (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: auto)")
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs, >= 1 (default: 3)")
+    parser.add_argument("--threads", type=int, help="CPU threads of torch (default: torch's)")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     if args.rows < BATCH or args.epochs < 1:
         parser.error(f"--rows must be >= {BATCH} and --epochs >= 1")
     device = npfl_lib.trainer.resolve_device(args.device)

@@ -44,13 +44,17 @@ def graph_blocker(optimizer, scheduler) -> str | None:
             )
         if not group["capturable"] and not _is_torch_optimizer(optimizer):
             return f"{name} was created with capturable=False"
-    if scheduler is not None:
-        if any(not isinstance(group["lr"], torch.Tensor) for group in optimizer.param_groups):
-            return (
-                "a learning-rate scheduler changes a Python float lr that a captured graph "
-                "would not see; create the optimizer with lr=torch.tensor(..., device=...)"
-            )
+    if scheduler is not None and not all(_on_gpu(g["lr"]) for g in optimizer.param_groups):
+        return (
+            "a learning-rate scheduler changes a Python float (or CPU tensor) lr, whose value "
+            "a captured graph would keep; create the optimizer with "
+            "lr=torch.tensor(..., device='cuda')"
+        )
     return None
+
+
+def _on_gpu(value) -> bool:
+    return isinstance(value, torch.Tensor) and value.device.type == "cuda"
 
 
 def _is_torch_optimizer(optimizer) -> bool:

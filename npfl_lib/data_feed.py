@@ -60,7 +60,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 def to_device(obj, device: torch.device):
     """Moves a tensor, or the tensors inside a tuple/list/dict, to ``device``."""
     if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=True)
+        # Asynchronous only towards an accelerator: a CPU result must be ready when used.
+        return obj.to(device, non_blocking=device.type != "cpu")
     if isinstance(obj, (tuple, list)):
         return type(obj)(to_device(item, device) for item in obj)
     if isinstance(obj, dict):

@@ -439,10 +439,14 @@ def test_graph_blocker_reasons():
     assert "capturable" in _cuda_graph.graph_blocker(Handmade(params), None)
     scheduler = torch.optim.lr_scheduler.StepLR(adam, 1)
     assert "scheduler" in _cuda_graph.graph_blocker(adam, scheduler)
-    tensor_lr = torch.optim.Adam(params, lr=torch.tensor(0.01), capturable=True)
-    assert (
-        _cuda_graph.graph_blocker(tensor_lr, torch.optim.lr_scheduler.StepLR(tensor_lr, 1)) is None
+    cpu_lr = torch.optim.Adam(params, lr=torch.tensor(0.01), capturable=True)
+    assert "CPU tensor" in _cuda_graph.graph_blocker(
+        cpu_lr, torch.optim.lr_scheduler.StepLR(cpu_lr, 1)
     )
+    if torch.cuda.is_available():
+        gpu_lr = torch.optim.Adam(params, lr=torch.tensor(0.01, device="cuda"), capturable=True)
+        scheduler = torch.optim.lr_scheduler.StepLR(gpu_lr, 1)
+        assert _cuda_graph.graph_blocker(gpu_lr, scheduler) is None
 
 
 def test_make_capturable_switches_torch_optimizers_only():

@@ -20,7 +20,7 @@ import os
 
 import matplotlib.pyplot as plt
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # pad, affine_grid, grid_sample: npfl_lib has no image ops
 
 import npfl_lib
 import npfl_lib.functional as nf
