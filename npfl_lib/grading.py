@@ -278,19 +278,35 @@ def _patch(patches: _Patches, name: str, obj: Any) -> None:
     if inspect.isclass(obj) and patches.set_attr(obj, "__init__", _raiser(name)):
         return  # constructing the class (or a subclass) now raises
     # A C function or method: replace it wherever it is reachable under a known name.
-    owners = [importlib.import_module(m) for m in _TORCH_NAMESPACES if _importable(m)]
-    owners += [torch.Tensor, importlib.import_module("__main__")]
-    prefix = name.rpartition(".")[0]
+    places = list(_torch_index().get(id(obj), []))
+    owners = [torch.Tensor, importlib.import_module("__main__")]
     with contextlib.suppress(ValueError):
-        owners.append(_resolve(prefix))
-    found = False
-    for owner in dict.fromkeys(owners, None):
+        prefix = _resolve(name.rpartition(".")[0])
+        if getattr(prefix, "__name__", None) not in _TORCH_NAMESPACES:  # else indexed
+            owners.append(prefix)
+    for owner in owners:
         names = [name.rpartition(".")[2]] if inspect.isclass(owner) else list(vars(owner))
-        for attr in names:
-            if getattr(owner, attr, None) is obj:
-                found = patches.set_attr(owner, attr, _raiser(name)) or found
+        places += [(owner, attr) for attr in names if getattr(owner, attr, None) is obj]
+    found = False
+    for owner, attr in dict.fromkeys(places):
+        if getattr(owner, attr, None) is obj:  # not already patched under another name
+            found = patches.set_attr(owner, attr, _raiser(name)) or found
     if not found:
         raise ValueError(f"forbid cannot intercept {name!r} ({type(obj).__name__})")
+
+
+_index: dict[int, list[tuple[types.ModuleType, str]]] = {}
+
+
+def _torch_index() -> dict[int, list[tuple[types.ModuleType, str]]]:
+    """``id(object) -> [(namespace, name), ...]`` over torch's namespaces, built once."""
+    if not _index:
+        for module_name in _TORCH_NAMESPACES:
+            if _importable(module_name):
+                module = importlib.import_module(module_name)
+                for attr, value in vars(module).items():
+                    _index.setdefault(id(value), []).append((module, attr))
+    return _index
 
 
 def _importable(module: str) -> bool:

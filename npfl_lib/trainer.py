@@ -155,7 +155,8 @@ class Trainer:
         Returns:
             list[dict]: One dict per epoch with ``loss``, each metric, ``dev_loss`` and
             ``dev_<metric>`` (when ``dev`` is given), ``lr`` (first parameter group's
-            learning rate at the end of the epoch) and ``time`` (seconds).
+            learning rate at the end of the epoch) and ``time`` (seconds); also kept as
+            ``trainer.history``, while ``trainer.epoch`` counts epochs over all calls.
         """
         _check_count("epochs", epochs)
         _check_count("batch_size", batch_size)

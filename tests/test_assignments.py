@@ -20,6 +20,7 @@ are printed per assignment (``-s`` or ``-rP`` to see them).
 from __future__ import annotations
 
 import ast
+import os
 from collections import Counter
 
 import nbformat
@@ -28,8 +29,9 @@ import pytest
 
 NAMES = harness.discover()
 MAX_AUTOGRADE_S = 60  # per notebook on a 2-core CPU (the issue's budget)
-KINDS = ("WRONG", "ALTERNATIVE", "DELEGATING")
+KINDS = harness.KINDS
 _GRADED: dict[str, harness.Graded] = {}
+_PLANS: dict[str, harness.Plan] = {}
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -48,8 +50,12 @@ def _variant_params() -> list:
     return params
 
 
-def _student(kind: str, index: int) -> str:
-    return f"{kind.lower()}{index:02d}"
+def _plan(name: str) -> harness.Plan:
+    """How the variants of ``name`` are spread over submissions (cached)."""
+    if name not in _PLANS:
+        group = os.environ.get("NPFL_GRADING_GROUP", "1") != "0"
+        _PLANS[name] = harness.plan(_source(name), harness.load_variants(name), group=group)
+    return _PLANS[name]
 
 
 def _submissions(name: str):
@@ -58,15 +64,11 @@ def _submissions(name: str):
     def build(release, source):
         submissions = {"source": source, "release": release}
         try:
-            module = harness.load_variants(name)
-        except Exception:
+            students = _plan(name).students
+        except Exception:  # a broken variants.py: test_variants_are_complete reports it
             return submissions
-        for kind in KINDS:
-            for index, variant in enumerate(getattr(module, kind, [])):
-                replace = {variant["cell"]: variant["code"]}
-                submissions[_student(kind, index)] = harness.make_submission(
-                    release, source, replace
-                )
+        for student, replace in students.items():
+            submissions[student] = harness.make_submission(release, source, replace)
         return submissions
 
     return build
@@ -154,7 +156,10 @@ def _check_solution_cell(source: str, where: str) -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_graded_functions_are_called_under_forbid_and_time_limit(name):
     notebook = _source(name)
-    functions = {harness.graded_function(c.source) for c in harness.cells_by_kind(notebook, "solution").values()}
+    functions = {
+        harness.graded_function(c.source)
+        for c in harness.cells_by_kind(notebook, "solution").values()
+    }
     functions.discard(None)
     for grade_id, cell in harness.cells_by_kind(notebook, "test").items():
         if cell.cell_type != "code":
@@ -175,7 +180,9 @@ def test_variants_are_complete(name):
         for variant in getattr(module, kind):
             label = f"{kind} variant {variant.get('name')!r}"
             assert variant.get("name"), f"{label} needs a name"
-            assert variant.get("cell") in solutions, f"{label}: no solution cell {variant.get('cell')!r}"
+            assert variant.get("cell") in solutions, (
+                f"{label}: no solution cell {variant.get('cell')!r}"
+            )
             function = harness.graded_function(solutions[variant["cell"]].source)
             assert harness.graded_function(variant["code"]) == function, (
                 f"{label} must define exactly one function, {function}"
@@ -197,9 +204,10 @@ def test_variants_are_complete(name):
 # ----------------------------------------------------------------------------------
 
 
-def _lost(graded: harness.Graded, student: str) -> dict[str, tuple]:
-    """The autograded cells where ``student`` did not get full points."""
-    tests = harness.autograded_tests(_source(graded.name))
+def _lost(graded: harness.Graded, student: str, tests=None) -> dict[str, tuple]:
+    """Those of ``tests`` (default: every autograded cell) where ``student`` lost points."""
+    if tests is None:
+        tests = harness.autograded_tests(_source(graded.name))
     scores = graded.scores.get(student)
     assert scores is not None, f"nbgrader graded no submission {graded.failure_log(student)}"
     return {g: scores[g] for g in tests if scores[g][0] is None or scores[g][0] < scores[g][1]}
@@ -224,20 +232,17 @@ def test_release_has_no_solutions_or_hidden_tests(name, graded):
         assert marker not in text, f"the release contains {marker!r}"
     assert "variants.py" not in graded(name).release_files
     released = {
-        cell.metadata.nbgrader.grade_id: cell for cell in release.cells if "nbgrader" in cell.metadata
+        cell.metadata.nbgrader.grade_id: cell
+        for cell in release.cells
+        if "nbgrader" in cell.metadata
     }
     for kind, markers in (("solution", harness.SOLUTION_MARKERS), ("test", harness.HIDDEN_MARKERS)):
         for grade_id, cell in harness.cells_by_kind(source, kind).items():
-            visible = {line.strip() for line in _outside(cell.source, markers)}
+            visible = set(harness.marked_lines(cell.source, markers, inside=False))
             secret = [s for s in harness.marked_lines(cell.source, markers) if s not in visible]
             shown = {line.strip() for line in released[grade_id].source.splitlines()}
             leaked = [s for s in secret if s in shown and not s.startswith("#")]
             assert not leaked, f"release cell {grade_id!r} shows hidden lines: {leaked[:3]}"
-
-
-def _outside(source: str, markers: tuple[str, str]) -> list[str]:
-    inside_lines = set(harness.marked_lines(source, markers))
-    return [line for line in source.splitlines() if line.strip() not in inside_lines]
 
 
 @pytest.mark.slow
@@ -256,21 +261,28 @@ def test_release_scores_zero(name, graded):
 def test_variant(name, kind, index, graded):
     result = graded(name)
     variant = getattr(harness.load_variants(name), kind)[index]
-    student = _student(kind, index)
-    lost = _lost(result, student)
+    student = _plan(name).student_of[(kind, index)]
+    judged = _plan(name).judged_by[(kind, index)]
+    lost = _lost(result, student, judged)
     errors = result.errors.get(student, {})
+    label = f"{kind} variant {variant['name']!r} (submission {student!r})"
     if kind == "ALTERNATIVE":
         details = {g: errors.get(g) for g in lost}
-        assert not lost, f"correct variant {variant['name']!r} lost points: {lost}; {details}"
+        assert judged, f"no test cell runs the code of {label}"
+        assert not lost, f"correct {label} lost points: {lost}; errors: {details}"
         return
     kept = [g for g in variant["fails"] if g not in lost]
-    assert not kept, f"{kind} variant {variant['name']!r} kept full points on {kept}"
-    if kind == "DELEGATING":
-        for grade_id in variant["fails"]:
-            raised = " | ".join(errors.get(grade_id, []))
+    assert not kept, f"{label} kept full points on {kept}"
+    for grade_id in variant["fails"]:
+        raised = " | ".join(errors.get(grade_id, []))
+        # A dead kernel or a cell timeout would also cost points, but says nothing
+        # about the tests; the variant must make the test cell itself raise.
+        assert raised and not raised.startswith(("DeadKernelError", "CellTimeoutError")), (
+            f"{label} lost points on {grade_id!r} without an error of its own: {raised!r}"
+        )
+        if kind == "DELEGATING":
             assert "ForbiddenCallError" in raised, (
-                f"delegating variant {variant['name']!r} failed {grade_id!r} but not "
-                f"through forbid: {raised or 'no error output'}"
+                f"{label} failed {grade_id!r} but not through forbid: {raised}"
             )
 
 

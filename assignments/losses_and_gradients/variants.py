@@ -147,12 +147,11 @@ WRONG = [
     },
     {
         "cell": "smooth_labels",
-        "name": "smooth_labels returning the integer dtype of the target",
+        "name": "smooth_labels giving the gold class 1 - alpha (rows do not sum to 1)",
         "code": '''def smooth_labels(target, num_classes, label_smoothing):
     """Label-smoothed targets."""
-    one_hot = torch.zeros(*target.shape, num_classes, dtype=target.dtype, device=target.device)
-    one_hot.scatter_(-1, target.unsqueeze(-1), 1)
-    return (1 - label_smoothing) * one_hot + label_smoothing / num_classes
+    one_hot = (target.unsqueeze(-1) == torch.arange(num_classes, device=target.device)).float()
+    return torch.where(one_hot == 1, 1 - label_smoothing, label_smoothing / num_classes)
 ''',
         "fails": ["test_smooth_labels"],
     },

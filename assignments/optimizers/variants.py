@@ -7,7 +7,8 @@ full points; DELEGATING ones call the reference (``npfl_lib``) or ``torch.optim`
 must be rejected by ``forbid`` in the test cells in ``fails``.
 """
 
-_SGD = '''def sgd_step(
+_SGD = '''\
+def sgd_step(
     param: torch.Tensor,
     grad: torch.Tensor,
     momentum_buffer: torch.Tensor | None,
@@ -22,7 +23,8 @@ _SGD = '''def sgd_step(
     """One step of SGD with (Nesterov) momentum, in place, as ``torch.optim.SGD``."""
 '''
 
-_ADAM = '''def adam_step(
+_ADAM = '''\
+def adam_step(
     param: torch.Tensor,
     grad: torch.Tensor,
     exp_avg: torch.Tensor,
@@ -38,7 +40,8 @@ _ADAM = '''def adam_step(
     """One step of Adam with coupled L2 weight decay, in place, as ``torch.optim.Adam``."""
 '''
 
-_ADAMW = '''def adamw_step(
+_ADAMW = '''\
+def adamw_step(
     param: torch.Tensor,
     grad: torch.Tensor,
     exp_avg: torch.Tensor,
@@ -54,7 +57,8 @@ _ADAMW = '''def adamw_step(
     """One step of AdamW (decoupled weight decay), in place, as ``torch.optim.AdamW``."""
 '''
 
-_GROUPS = '''def param_groups_no_decay(module: torch.nn.Module, weight_decay: float) -> list[dict]:
+_GROUPS = '''\
+def param_groups_no_decay(module: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Two parameter groups: weights with ``weight_decay``, biases without."""
 '''
 
@@ -234,7 +238,9 @@ WRONG = [
         "cell": "adamw_step",
         "name": "AdamW decay applied after the Adam update",
         "code": _ADAMW
-        + """    adam_step(param, grad, exp_avg, exp_avg_sq, step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps)
+        + """    adam_step(
+        param, grad, exp_avg, exp_avg_sq, step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps
+    )
     param.mul_(1 - lr * weight_decay)
 """,
         "fails": ["test_adamw"],
@@ -495,9 +501,11 @@ DELEGATING = [
         + """    from npfl_lib.functional.regularization import regularized_parameters
 
     decayed = {id(p) for _, p in regularized_parameters(module)}
+    weights = [p for p in module.parameters() if id(p) in decayed]
+    biases = [p for p in module.parameters() if id(p) not in decayed]
     return [
-        {"params": [p for p in module.parameters() if id(p) in decayed], "weight_decay": weight_decay},
-        {"params": [p for p in module.parameters() if id(p) not in decayed], "weight_decay": 0.0},
+        {"params": weights, "weight_decay": weight_decay},
+        {"params": biases, "weight_decay": 0.0},
     ]
 """,
         "fails": ["test_param_groups"],
