@@ -1,0 +1,1 @@
+"""npfl_course: instructor tools (parallel, sandboxed auto-grading on nbgrader)."""
