@@ -3,13 +3,18 @@
 For one assignment it builds a throwaway course directory (the repository's
 ``nbgrader_config.py`` and a copy of ``assignments/<name>/``), runs ``nbgrader
 generate_assignment``, then autogrades a set of submissions: the source notebook, the
-unchanged release, and one per variant of ``variants.py`` (the release with every
-solution filled in from the source except the variant's cell). Scores are read from
-the gradebook, errors from the autograded notebooks.
+unchanged release, and the variants of ``variants.py`` (the release with every
+solution filled in from the source except the variants' cells). Scores are read from
+the gradebook, errors and timings from the autograded notebooks.
 
-To use both cores, the submissions are split into ``$NPFL_GRADING_JOBS`` shards
-(default: the number of CPUs, at most 4); each shard is a copy of the course directory
-graded by one ``nbgrader autograde`` call, and the shards run in parallel.
+Speed (each submission costs a fresh kernel and a torch import, about 3 s of CPU):
+
+* Variants that cannot sway each other's judging test cells share one submission
+  (:func:`plan`; a static analysis of which cells a test cell may run, see
+  :func:`dependencies`). ``NPFL_GRADING_GROUP=0`` grades every variant alone.
+* The submissions are split into ``$NPFL_GRADING_JOBS`` shards (default: the number
+  of CPUs, at most 4), each a copy of the course graded by one ``nbgrader autograde``
+  call; the shards run in parallel.
 """
 
 from __future__ import annotations

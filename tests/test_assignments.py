@@ -3,18 +3,22 @@
 For each assignment (parametrized by name, so ``-k losses_and_gradients`` selects one):
 
 1. the source notebook, submitted as is, gets full points on every autograded cell;
-2. the generated release holds no solution code and no hidden tests, and submitted
-   unchanged scores 0 on every autograded cell;
-3. every WRONG variant of ``variants.py`` loses points on each test cell it names;
-4. every ALTERNATIVE variant gets full points;
+2. the generated release holds no solution code, no hidden tests and no variants.py,
+   and submitted unchanged scores 0 on every autograded cell;
+3. every WRONG variant of ``variants.py`` loses points on each test cell it names,
+   through an error raised in that cell;
+4. every ALTERNATIVE variant gets full points on every test cell that runs its code;
 5. every DELEGATING variant loses points on each test cell it names, through a
    ForbiddenCallError raised by ``forbid``.
 
-All submissions of an assignment are autograded in one go (see nbgrader_harness.py);
-the first test that needs the grades pays for it. Cheap static checks come first:
-clean notebooks with schema-3 metadata, unique grade_ids, every call of a graded
-function under ``forbid`` and ``time_limit``, and complete variants. The autograde times
-are printed per assignment (``-s`` or ``-rP`` to see them).
+A submission is the release with the solutions filled in from the source except for
+the cells of its variants. Variants that cannot affect each other's judging cells share
+a submission (``NPFL_GRADING_GROUP=0``: one submission per variant); see
+nbgrader_harness.py. All submissions of an assignment are autograded in one go, by
+the first test that needs the grades. Cheap static checks come first: clean notebooks
+with schema-3 metadata, unique grade_ids, every call of a graded function under
+``forbid`` and ``time_limit``, and complete variants. The times per assignment are
+printed (``-rP`` or ``-s`` shows them); the source notebook must execute in 60 s.
 """
 
 from __future__ import annotations

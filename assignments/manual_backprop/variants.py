@@ -22,7 +22,7 @@ _TRAIN_HEAD = '''def train(inputs, targets, num_classes, activation="tanh", gene
 '''
 
 # The body of a correct training loop, with the hyperparameters left to fill in.
-_TRAIN_LOOP = '''    params = init_params(inputs.shape[1], hidden_size, num_classes, generator,
+_TRAIN_LOOP = """    params = init_params(inputs.shape[1], hidden_size, num_classes, generator,
                          inputs.dtype, inputs.device)
     for _ in range(epochs):
         order = torch.randperm(len(inputs), generator=generator).to(inputs.device)
@@ -32,7 +32,7 @@ _TRAIN_LOOP = '''    params = init_params(inputs.shape[1], hidden_size, num_clas
             cache = forward(params, x, activation)
             sgd_step(params, backward(params, x, t, cache, activation), lr)
     return params
-'''
+"""
 
 WRONG = [
     # forward
@@ -183,7 +183,9 @@ WRONG = [
     {
         "cell": "train",
         "name": "learning rate far too small",
-        "code": _TRAIN_HEAD + "    hidden_size, epochs, batch_size, lr = 64, 5, 32, 1e-4\n" + _TRAIN_LOOP,
+        "code": _TRAIN_HEAD
+        + "    hidden_size, epochs, batch_size, lr = 64, 5, 32, 1e-4\n"
+        + _TRAIN_LOOP,
         "fails": ["test_train"],
     },
     {
@@ -256,7 +258,9 @@ ALTERNATIVE = [
         "cell": "train",
         "name": "wider layer, smaller steps, a while loop over batches",
         "code": _TRAIN_HEAD
-        + """    params = init_params(inputs.shape[1], 100, num_classes, generator, device=inputs.device)
+        + """    params = init_params(
+        inputs.shape[1], 100, num_classes, generator, device=inputs.device
+    )
     for epoch in range(8):
         order = torch.randperm(inputs.shape[0], generator=generator).to(inputs.device)
         start = 0
@@ -353,7 +357,9 @@ DELEGATING = [
         "name": "torch.nn + autograd + torch.optim",
         "code": _TRAIN_HEAD
         + """    d = inputs.shape[1]
-    model = torch.nn.Sequential(torch.nn.Linear(d, 64), torch.nn.Tanh(), torch.nn.Linear(64, num_classes))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(d, 64), torch.nn.Tanh(), torch.nn.Linear(64, num_classes)
+    )
     model.to(inputs.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     for _ in range(5):
@@ -364,7 +370,8 @@ DELEGATING = [
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-    return {"W1": model[0].weight.T, "b1": model[0].bias, "W2": model[2].weight.T, "b2": model[2].bias}
+    first, last = model[0], model[2]
+    return {"W1": first.weight.T, "b1": first.bias, "W2": last.weight.T, "b2": last.bias}
 """,
         "fails": ["test_train"],
     },

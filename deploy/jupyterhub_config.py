@@ -1,0 +1,136 @@
+"""JupyterHub for the course on one machine, with nbgrader's exchange directory.
+
+Students log in with their Unix account (PAM), get a JupyterLab server running as
+themselves, and fetch and submit assignments in the Assignments tab (nbgrader's
+``assignment_list`` extension). Instructors reach the formgrader, a shared Jupyter server
+that JupyterHub runs as the service ``/services/<course>/`` under a grader account that
+owns the course directory. Setup, step by step: docs/jupyterhub.md.
+
+Everything course-specific comes from environment variables, so this one file serves
+any course (and tests/test_jupyterhub.py runs it unchanged):
+
+    NPFL_COURSE_ID      course id (npfl-course); groups formgrade-<id>, nbgrader-<id>
+    NPFL_INSTRUCTORS    comma-separated instructor accounts (instructor)
+    NPFL_STUDENTS       comma-separated student accounts (none); later ones are added
+                        with ``nbgrader db student add`` in the formgrader's terminal
+    NPFL_GRADER_USER    Unix account that runs the formgrader (grader-<id>)
+    NPFL_COURSE_DIR     the course directory, a checkout of this repository owned by the
+                        grader account (/home/<grader>/npfl-course)
+    NPFL_EXCHANGE_ROOT  nbgrader's exchange directory (/srv/nbgrader/exchange)
+    NPFL_GRADER_PORT    local port of the formgrader service (9999)
+    NPFL_HUB_BIND_URL   where the hub listens (http://127.0.0.1:8000; put TLS in front)
+
+The nbgrader side lives in deploy/nbgrader_config.py, installed as
+/etc/jupyter/nbgrader_config.py for every account.
+"""
+
+import os
+
+c = get_config()  # noqa: F821 - injected by traitlets when JupyterHub loads this file
+
+
+def _names(variable: str, default: str = "") -> list[str]:
+    return [name.strip() for name in os.environ.get(variable, default).split(",") if name.strip()]
+
+
+COURSE = os.environ.get("NPFL_COURSE_ID", "npfl-course")
+INSTRUCTORS = _names("NPFL_INSTRUCTORS", "instructor")
+STUDENTS = _names("NPFL_STUDENTS")
+GRADER = os.environ.get("NPFL_GRADER_USER", f"grader-{COURSE}")
+COURSE_DIR = os.environ.get("NPFL_COURSE_DIR", f"/home/{GRADER}/npfl-course")
+EXCHANGE = os.environ.get("NPFL_EXCHANGE_ROOT", "/srv/nbgrader/exchange")
+GRADER_PORT = int(os.environ.get("NPFL_GRADER_PORT", "9999"))
+# nbgrader finds a student's courses by these group names (JupyterHubAuthPlugin).
+FORMGRADE, STUDENTS_GROUP = f"formgrade-{COURSE}", f"nbgrader-{COURSE}"
+
+c.JupyterHub.bind_url = os.environ.get("NPFL_HUB_BIND_URL", "http://127.0.0.1:8000")
+
+# The default PAM authenticator and LocalProcessSpawner: each person is a Unix account,
+# which is what nbgrader's exchange relies on (file owners name the submitters).
+c.Authenticator.allowed_users = {*INSTRUCTORS, *STUDENTS}
+# Instructors can open a student's server to help; drop this line if they should not.
+c.Authenticator.admin_users = set(INSTRUCTORS)
+
+# load_groups only ever adds: a student removed here stays in the group until removed
+# with `nbgrader db student remove` or the hub's admin page.
+c.JupyterHub.load_groups = {
+    FORMGRADE: {"users": [*INSTRUCTORS, GRADER]},
+    STUDENTS_GROUP: {"users": STUDENTS},
+}
+
+c.JupyterHub.services = [
+    {
+        # nbgrader looks for the formgrader of course <id> at /services/<id>/.
+        "name": COURSE,
+        "url": f"http://127.0.0.1:{GRADER_PORT}",
+        "command": ["jupyterhub-singleuser", "--ServerApp.default_url=/lab"],
+        "user": GRADER,
+        "cwd": COURSE_DIR,
+        "environment": {"NPFL_EXCHANGE_ROOT": EXCHANGE},
+        "oauth_no_confirm": True,
+    }
+]
+
+c.JupyterHub.load_roles = [
+    {
+        "name": f"formgrade-{COURSE}",
+        "description": "Open the formgrader and find it in the course list",
+        "groups": [FORMGRADE],
+        "scopes": [
+            f"access:services!service={COURSE}",
+            "list:services",
+            f"read:services!service={COURSE}",
+        ],
+    },
+    {
+        # What JupyterHubAuthPlugin does for the formgrader: read who is in the course,
+        # and add or remove students (`nbgrader db student add/remove`).
+        "name": f"grader-{COURSE}",
+        "services": [COURSE],
+        "scopes": [
+            f"read:users:name!group={FORMGRADE}",
+            f"read:users:groups!group={FORMGRADE}",
+            f"read:users:name!group={STUDENTS_GROUP}",
+            f"read:users:groups!group={STUDENTS_GROUP}",
+            f"list:groups!group={STUDENTS_GROUP}",
+            f"read:groups!group={STUDENTS_GROUP}",
+            f"groups!group={STUDENTS_GROUP}",
+        ],
+    },
+]
+
+# A user's server asks the hub for the user's own groups (to list only their courses)
+# and instructors' servers for the formgrader service; the hub grants each server only
+# the part of this list that its user holds.
+c.Spawner.server_token_scopes = [
+    "users:activity!user",
+    "access:servers!server",
+    "read:users:name!user",
+    "read:users:groups!user",
+    "list:services",
+    f"read:services!service={COURSE}",
+]
+c.Spawner.default_url = "/lab"
+c.Spawner.environment = {"NPFL_EXCHANGE_ROOT": EXCHANGE}
+
+# nbgrader's table of extensions per role: everyone lists, fetches, submits and
+# validates; instructors also get the course list (links to the formgrader); the
+# formgrader itself runs only in the service (its default config enables everything).
+_NBGRADER = "nbgrader.server_extensions."
+
+
+def _nbgrader_extensions(spawner) -> None:
+    instructor = any(group.name == FORMGRADE for group in spawner.user.groups)
+    enabled = {
+        "assignment_list": True,
+        "validate_assignment": True,
+        "course_list": instructor,
+        "formgrader": False,
+    }
+    spawner.args = [
+        *spawner.args,
+        *(f"--ServerApp.jpserver_extensions={_NBGRADER}{name}={on}" for name, on in enabled.items()),
+    ]
+
+
+c.Spawner.pre_spawn_hook = _nbgrader_extensions
