@@ -4,7 +4,7 @@ W1 (the NPFL138 mnist_regularization configuration): 55,000 x 784 synthetic lear
 inputs (labels of a random linear teacher), 10 classes, batch 50, MLP [400] ReLU,
 dropout 0.5, label smoothing 0.1, AdamW(lr=1e-3, weight_decay=0.1). Each loop runs one
 warm-up epoch, then ``--epochs`` timed epochs, the loops taking turns epoch by epoch;
-the median is reported with its ratio to (a):
+the medians of wall-clock and process CPU time are reported with their ratios to (a):
 
     (a) plain DataLoader loop     (b) hand loop, data on the device
     (c) npfl_lib.Trainer.fit      (d) Trainer.fit with npfl_lib.optim.AdamW
@@ -104,8 +104,10 @@ VARIANTS = {
 def time_interleaved(epochs_by_variant: dict, device: torch.device, rounds: int) -> dict:
     """Times ``rounds`` epochs of each variant, taking turns: a, b, c, d, a, b, ...
 
+    Returns, per variant, a list of ``(wall seconds, CPU seconds of this process)``.
     Taking turns spreads any change in the machine's load (other processes on a shared
-    machine) over all variants alike, so their ratios stay meaningful.
+    machine) over all variants alike. The CPU time does not count waiting for a core,
+    so on a busy machine it is the steadier measure of the work each loop does.
     """
 
     def sync():
@@ -118,10 +120,10 @@ def time_interleaved(epochs_by_variant: dict, device: torch.device, rounds: int)
     times = {label: [] for label in epochs_by_variant}
     for _ in range(rounds):
         for label, epoch in epochs_by_variant.items():
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             epoch()
             sync()
-            times[label].append(time.perf_counter() - start)
+            times[label].append((time.perf_counter() - wall, time.process_time() - cpu))
     return times
 
 
@@ -148,12 +150,13 @@ def main(argv: list[str] | None = None) -> None:
         warnings.simplefilter("ignore")  # (d) on CUDA says once why it runs eagerly
         epochs = {label: make(inputs, targets, device) for label, make in VARIANTS.items()}
         times = time_interleaved(epochs, device, args.epochs)
-    baseline = statistics.median(next(iter(times.values())))
+    baseline = [statistics.median(t[i] for t in times[next(iter(times))]) for i in (0, 1)]
+    print(f"{'':34s} {'wall':>8s}  {'ratio':>5s}  {'CPU':>8s}  {'ratio':>5s}  wall of each epoch")
     for label, measured in times.items():
-        median = statistics.median(measured)
+        wall, cpu = (statistics.median(t[i] for t in measured) for i in (0, 1))
         print(
-            f"{label:34s} {median:8.4f} s  {median / baseline:5.2f}x of (a)  "
-            f"epochs: {', '.join(f'{t:.4f}' for t in measured)}"
+            f"{label:34s} {wall:7.4f}s  {wall / baseline[0]:4.2f}x  {cpu:7.4f}s  "
+            f"{cpu / baseline[1]:4.2f}x  {', '.join(f'{t[0]:.3f}' for t in measured)}"
         )
 
 

@@ -46,13 +46,14 @@ FORMGRADE, STUDENTS_GROUP = f"formgrade-{COURSE}", f"nbgrader-{COURSE}"
 c.JupyterHub.bind_url = os.environ.get("NPFL_HUB_BIND_URL", "http://127.0.0.1:8000")
 
 # The default PAM authenticator and LocalProcessSpawner: each person is a Unix account,
-# which is what nbgrader's exchange relies on (file owners name the submitters).
+# which nbgrader's exchange relies on (it names a submission after the Unix user).
 c.Authenticator.allowed_users = {*INSTRUCTORS, *STUDENTS}
 # Instructors can open a student's server to help; drop this line if they should not.
 c.Authenticator.admin_users = set(INSTRUCTORS)
 
-# load_groups only ever adds: a student removed here stays in the group until removed
-# with `nbgrader db student remove` or the hub's admin page.
+# The grader account is in formgrade-<id> because the formgrader asks the hub for its
+# own courses. load_groups only ever adds: a student removed here stays in the group
+# until removed with `nbgrader db student remove` or on the hub's admin page.
 c.JupyterHub.load_groups = {
     FORMGRADE: {"users": [*INSTRUCTORS, GRADER]},
     STUDENTS_GROUP: {"users": STUDENTS},
@@ -99,14 +100,12 @@ c.JupyterHub.load_roles = [
     },
 ]
 
-# A user's server asks the hub for the user's own groups (to list only their courses)
-# and instructors' servers for the formgrader service; the hub grants each server only
-# the part of this list that its user holds.
+# A server's token may always read its own user's groups (how nbgrader lists a user's
+# courses); instructors' servers also look up the formgrader service for the course
+# list. The hub grants each server only the part of this list that its user holds.
 c.Spawner.server_token_scopes = [
     "users:activity!user",
     "access:servers!server",
-    "read:users:name!user",
-    "read:users:groups!user",
     "list:services",
     f"read:services!service={COURSE}",
 ]
@@ -127,9 +126,11 @@ def _nbgrader_extensions(spawner) -> None:
         "course_list": instructor,
         "formgrader": False,
     }
+    # The spawner (and its args) outlives one server: replace, never pile up, on restarts.
+    ours = f"--ServerApp.jpserver_extensions={_NBGRADER}"
     spawner.args = [
-        *spawner.args,
-        *(f"--ServerApp.jpserver_extensions={_NBGRADER}{name}={on}" for name, on in enabled.items()),
+        *(arg for arg in spawner.args if not arg.startswith(ours)),
+        *(f"{ours}{name}={on}" for name, on in enabled.items()),
     ]
 
 

@@ -2,31 +2,38 @@
 
 ``run_sandboxed(argv, workdir=...)`` runs ``argv`` with:
 
-* a wall-clock limit for the whole command; on timeout every process it started is killed;
-* a memory limit: ``RLIMIT_AS`` (address space) of ``limits.memory_mb`` on every process of
-  the tree. It works without root and without cgroups (this course's CI machines have only
-  cgroup v1 hierarchies owned by the host). It is a per-process bound: a tree of ``k``
-  processes may use up to ``k * memory_mb``, and ``max_processes`` caps ``k``;
+* a wall-clock limit for the whole command; then every process it started is killed;
+* a memory limit: ``RLIMIT_AS`` (address space) of ``limits.memory_mb`` on every process.
+  Chosen because it works everywhere, without root and without cgroups (the CI machines
+  have only cgroup v1 hierarchies owned by the host, and no delegated cgroup v2). It is a
+  per-process bound: ``k`` processes may use ``k * memory_mb``, ``max_processes`` caps
+  ``k``, and the private /tmp and /dev/shm (tmpfs, ``memory_mb`` each) come on top;
 * a process-count limit: ``RLIMIT_NPROC``. The kernel counts it per real user id and ignores
   it for root, so when we are root the command runs as an unprivileged uid of its own
   (``UID_BASE + slot``; a file lock per uid keeps concurrent sandboxes, also in other
-  processes, on distinct uids, so each submission has its own count). Without root, the
-  sandbox's own user namespace gives it a count of its own;
+  processes, on distinct uids, so each submission has its own count, and at the end every
+  process of that uid is killed). Without root, bwrap's user namespace gives the sandbox
+  a count of its own;
 * a file-size limit (``RLIMIT_FSIZE``, FILE_SIZE_MB) and no core dumps;
-* bounded capture of stdout/stderr (head and tail of each kept, MAX_OUTPUT_BYTES in all).
+* bounded capture of stdout and stderr (the first and last MAX_OUTPUT_BYTES / 2 of each).
 
 With bubblewrap (``bwrap``, Debian package ``bubblewrap``) it is also isolated: only
 ``workdir`` is writable (plus a private tmpfs ``/tmp``); the system (``/usr``, ``/etc``
 pieces), the Python installation (``sys.prefix``, ``sys.base_prefix``, site-packages, the
 source of editable installs such as ``npfl_lib``) and ``readonly`` are visible read-only;
 nothing else of the host is mounted (so the course directory, other submissions, the
-gradebook, ``source/`` and ``release/`` do not exist inside); there is no network; the
-command has its own PID, IPC and UTS namespaces, a new session, no capabilities, and dies
-with its parent. GPUs are not mounted: submissions are graded on the CPU.
+gradebook, ``source/`` and ``release/`` do not exist inside); there is no network (only
+its own loopback); it has its own PID, IPC and UTS namespaces, a new session, no
+capabilities, no_new_privs, and dies with its parent. GPUs are not mounted: submissions
+are graded on the CPU.
 
-Without a working ``bwrap`` it falls back to the limits alone and warns once that the
-file system and the network are NOT isolated. ``require_sandbox=True`` turns that into a
-RuntimeError; the environment variable ``NPFL_COURSE_NO_BWRAP=1`` forces the fallback.
+Without a working ``bwrap`` it falls back to the limits alone (in a new session, killed as
+a process group and as a tree) and warns once that the file system and the network are
+NOT isolated. In the fallback, root switches to the sandbox uid only when other users can
+reach the command and the workdir's parent (otherwise there is no process limit), and a
+non-root user's limit is approximate (its own uid's count plus ``max_processes``).
+``require_sandbox=True`` raises RuntimeError instead of falling back; the environment
+variable ``NPFL_COURSE_NO_BWRAP=1`` forces the fallback.
 """
 
 from __future__ import annotations
@@ -274,6 +281,9 @@ def _environment(workdir: str, tmp: str, env: Mapping[str, str] | None) -> dict[
         "PYTHONNOUSERSITE": "1",
         "MPLBACKEND": "Agg",
         "OMP_NUM_THREADS": "1",
+        # The sandbox uid has no /etc/passwd entry; getpass.getuser() reads these first.
+        "USER": "student",
+        "LOGNAME": "student",
         # Caches and IPython/Jupyter state go to the private /tmp, not into the submission.
         "XDG_CACHE_HOME": f"{tmp}/.cache",
         "MPLCONFIGDIR": f"{tmp}/.matplotlib",
@@ -342,6 +352,21 @@ def _pids_of_uid(uid: int) -> list[int]:
     return pids
 
 
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            with open(f"/proc/{name}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(name))
+    found, todo = [], [root]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
 def _kill_uid(uid: int) -> int:
     """SIGKILLs every process of ``uid`` until none is left; returns how many it saw first."""
     seen = len(_pids_of_uid(uid))
@@ -357,17 +382,24 @@ def _kill_uid(uid: int) -> int:
 
 
 def _chown_tree(root: str, uid: int, gid: int, only_uid: int | None = None) -> None:
-    # lchown never follows the symlinks a submission may plant.
+    # lchown never follows the symlinks a submission may plant; a hard-linked file is
+    # skipped, since its other names may lie outside the workdir.
     for dirpath, dirnames, filenames in os.walk(root):
         for name in [dirpath, *(os.path.join(dirpath, n) for n in dirnames + filenames)]:
             with contextlib.suppress(OSError):
-                if only_uid is None or os.lstat(name).st_uid == only_uid:
-                    os.lchown(name, uid, gid)
+                st = os.lstat(name)
+                if only_uid is not None and st.st_uid != only_uid:
+                    continue
+                if only_uid is None and st.st_nlink > 1 and not os.path.isdir(name):
+                    continue
+                os.lchown(name, uid, gid)
 
 
 def _reachable_by_others(path: str) -> bool:
     """Whether an unprivileged uid can reach (and, for files, execute) ``path``."""
     path = _real(path)
+    if not os.path.exists(path):
+        return True  # nothing to reach: running it fails with "cannot execute" either way
     if os.path.isfile(path) and not os.stat(path).st_mode & 0o001:
         return False
     parent = os.path.dirname(path) if os.path.isfile(path) else path
@@ -512,8 +544,9 @@ def _run(argv, workdir, readonly, limits, env, bwrap) -> SandboxResult:
                 uid = -1  # the sandbox uid could not run it: root without a process limit
         nproc = limits.max_processes
         if uid < 0 and bwrap is None:
-            # Our own uid, shared with everything else we run: leave room for that.
-            nproc = -1 if _is_root() else limits.max_processes + _user_task_count()
+            # Our own uid, shared with everything else we run (approximate: concurrent
+            # sandboxes share it too): leave room for that and our two reader threads.
+            nproc = -1 if _is_root() else limits.max_processes + _user_task_count() + 2
         launcher = [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(uid), str(nproc)]
         launcher += [str(limits.memory_mb << 20), str(FILE_SIZE_MB << 20), command, *argv[1:]]
         if uid >= 0:
@@ -544,11 +577,14 @@ def _run(argv, workdir, readonly, limits, env, bwrap) -> SandboxResult:
             returncode = proc.wait(timeout=limits.notebook_seconds)
         except subprocess.TimeoutExpired:
             timed_out = True
-        # Kill what is left: the group, and (bwrap's PID namespace dies with its init) as
-        # root every process of the sandbox uid, including ones that left the group.
-        with contextlib.suppress(OSError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        left = _kill_uid(uid) if uid >= 0 else 0
+        # Kill what is left: the descendants (bwrap's PID namespace dies with its init), the
+        # group, and as root every process of the sandbox uid, even ones that left the tree.
+        tree = _descendants(proc.pid)
+        for pid in [proc.pid, *tree]:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGCONT)
+        # Without a uid of its own, RLIMIT_NPROC also counts bwrap's init: so does `left`.
+        left = 0 if uid >= 0 else len(tree)
         proc.wait()
         duration = time.monotonic() - start
         for reader in readers:

@@ -14,7 +14,8 @@ Speed (each submission costs a fresh kernel and a torch import, about 3 s of CPU
   :func:`dependencies`). ``NPFL_GRADING_GROUP=0`` grades every variant alone.
 * The submissions are split into ``$NPFL_GRADING_JOBS`` shards (default: the number
   of CPUs, at most 4), each a copy of the course graded by one ``nbgrader autograde``
-  call; the shards run in parallel.
+  call; the shards run in parallel. Several assignments may be graded side by side
+  (from threads); at most ``$NPFL_GRADING_JOBS`` nbgrader processes run at a time.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -361,16 +363,27 @@ def _env() -> dict[str, str]:
     return env
 
 
+def jobs() -> int:
+    """How many nbgrader processes may run at once: ``$NPFL_GRADING_JOBS`` or the CPUs (<= 4)."""
+    return max(1, int(os.environ.get("NPFL_GRADING_JOBS") or min(os.cpu_count() or 1, 4)))
+
+
+_slots: list[threading.BoundedSemaphore] = []  # shared by assignments graded side by side
+
+
 def _nbgrader(course: Path, *args: str) -> str:
-    """Runs ``python -m nbgrader <args>`` in ``course``; returns the log."""
-    result = subprocess.run(
-        [sys.executable, "-m", "nbgrader", *args],
-        cwd=course,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
+    """Runs ``python -m nbgrader <args>`` in ``course`` (at most jobs() at once); the log."""
+    if not _slots:
+        _slots.append(threading.BoundedSemaphore(jobs()))
+    with _slots[0]:
+        result = subprocess.run(
+            [sys.executable, "-m", "nbgrader", *args],
+            cwd=course,
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
     return f"$ nbgrader {' '.join(args)} (exit {result.returncode})\n{result.stdout}{result.stderr}"
 
 
@@ -442,9 +455,8 @@ def grade(name: str, workdir: Path, submissions_of) -> Graded:
     )
 
     submissions = submissions_of(graded.release, read_notebook(source_path(name)))
-    jobs = int(os.environ.get("NPFL_GRADING_JOBS") or min(os.cpu_count() or 1, 4))
-    students = list(submissions)
-    shards = [students[i::jobs] for i in range(jobs) if students[i::jobs]]
+    students, count = list(submissions), jobs()
+    shards = [students[i::count] for i in range(count) if students[i::count]]
     courses = []
     for index, shard in enumerate(shards):
         course = workdir / f"shard{index}"

@@ -26,6 +26,7 @@ from __future__ import annotations
 import ast
 import os
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import nbformat
 import nbgrader_harness as harness
@@ -34,7 +35,7 @@ import pytest
 NAMES = harness.discover()
 MAX_AUTOGRADE_S = 60  # per notebook on a 2-core CPU (the issue's budget)
 KINDS = harness.KINDS
-_GRADED: dict[str, harness.Graded] = {}
+_REPORTED: set[str] = set()
 _PLANS: dict[str, harness.Plan] = {}
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -79,27 +80,47 @@ def _submissions(name: str):
 
 
 @pytest.fixture(scope="module")
-def graded(tmp_path_factory, pytestconfig):
-    """``graded(name)``: the assignment autograded (once per test session)."""
+def graded(request, tmp_path_factory, pytestconfig):
+    """``graded(name)``: the assignment autograded (once per test session).
+
+    The first call starts grading every assignment that the selected tests need, side
+    by side (see nbgrader_harness.jobs()), so one assignment's generation overlaps
+    another's autograding; each call waits for its own assignment.
+    """
     reporter = pytestconfig.pluginmanager.getplugin("terminalreporter")
+    selected = sorted(
+        {
+            item.callspec.params["name"]
+            for item in request.session.items
+            if "graded" in getattr(item, "fixturenames", ())
+            and "name" in getattr(getattr(item, "callspec", None), "params", {})
+        }
+    )
+    pool = ThreadPoolExecutor(max_workers=max(len(selected), 1))
+    futures: dict[str, Future] = {}
 
     def get(name: str) -> harness.Graded:
-        if name not in _GRADED:
-            result = harness.grade(name, tmp_path_factory.mktemp(name), _submissions(name))
-            _GRADED[name] = result
+        for other in [name, *selected]:
+            if other not in futures:
+                workdir = tmp_path_factory.mktemp(other)
+                futures[other] = pool.submit(harness.grade, other, workdir, _submissions(other))
+        result = futures[name].result()
+        if name not in _REPORTED:
+            _REPORTED.add(name)
             if reporter is not None:
                 source_s = result.exec_seconds.get("source", float("nan"))
                 reporter.write_line(
                     f"\n[{name}] generate {result.generate_seconds:.1f} s; autograde of "
-                    f"{len(result.scores)} submissions {result.autograde_seconds:.1f} s; "
-                    f"source notebook executes in {source_s:.1f} s"
+                    f"{len(result.scores)} submissions {result.autograde_seconds:.1f} s "
+                    f"(wall, beside other assignments); the source notebook executes in "
+                    f"{source_s:.1f} s"
                 )
-        result = _GRADED[name]
         if result.release is None:
             pytest.fail(f"nbgrader generate_assignment {name} failed:\n{result.log[-3000:]}")
         return result
 
-    return get
+    yield get
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _source(name: str) -> nbformat.NotebookNode:

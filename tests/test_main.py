@@ -3,6 +3,7 @@
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import matplotlib.image
 import pytest
@@ -41,14 +42,27 @@ def test_auto_uses_digits_without_cached_mnist(tmp_path, monkeypatch, capsys):
     assert not list(tmp_path.glob("*.png"))  # --output '' writes no plot
 
 
-def test_help_runs_as_a_module():
-    for args in (["--help"], ["demo", "--help"]):
-        result = subprocess.run(
-            [sys.executable, "-m", "npfl_lib", *args], capture_output=True, text=True, timeout=120
-        )
-        assert result.returncode == 0, result.stderr
+def test_help_runs_as_a_module(capsys):
+    result = subprocess.run(
+        [sys.executable, "-m", "npfl_lib", "demo", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
     for option in ("--epochs", "--dataset", "--output", "--device"):
         assert option in result.stdout
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0 and "demo" in capsys.readouterr().out
+
+
+def test_console_script():
+    script = Path(sys.executable).with_name("npfl-lib")
+    if not script.exists():
+        pytest.skip("the npfl-lib console script is not installed next to this Python")
+    result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "demo" in result.stdout
 
 
 @pytest.mark.parametrize(

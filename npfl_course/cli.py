@@ -1,0 +1,233 @@
+"""``npfl-course``: the instructor's command line (nbgrader underneath).
+
+    npfl-course generate [ASSIGNMENT ...] [--force]
+    npfl-course zip-collect ASSIGNMENT DIR [--pattern REGEX] [--force]
+    npfl-course autograde ASSIGNMENT [--jobs N] [--timeout S] [--cell-timeout S]
+                          [--memory MB] [--student ID ...] [--force]
+    npfl-course feedback ASSIGNMENT
+    npfl-course export [--csv PATH]
+    npfl-course report ASSIGNMENT [--output PNG]
+    npfl-course check [ASSIGNMENT ...]
+    npfl-course demo [--output DIR] [--jobs N]
+
+Every command takes ``--course-dir DIR`` (default: the current directory if it holds
+``nbgrader_config.py``, else this repository).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from npfl_course.course import Course, CourseError, load_course
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``npfl-course``."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--course-dir",
+        metavar="DIR",
+        help="the course directory (with nbgrader_config.py); default: the current "
+        "directory if it has one, else the repository root",
+    )
+    parser = argparse.ArgumentParser(
+        prog="npfl-course",
+        description="Instructor tools: parallel, sandboxed autograding on nbgrader.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, parents=[common], help=help, description=help)
+
+    sub = add("generate", "generate the student versions (nbgrader generate_assignment)")
+    sub.add_argument("assignments", nargs="*", metavar="ASSIGNMENT", help="default: all")
+    sub.add_argument("--force", action="store_true", help="overwrite an existing release")
+
+    sub = add("zip-collect", "collect LMS downloads (zips or notebooks named by student id)")
+    sub.add_argument("assignment", metavar="ASSIGNMENT")
+    sub.add_argument("directory", metavar="DIR", help="the folder of downloaded files")
+    sub.add_argument(
+        "--pattern",
+        default=None,
+        help="regular expression with a (?P<student_id>...) group, matched against the "
+        "start of each top-level file or folder name (default: everything before the "
+        "first '_', '-' followed by a space, or '.')",
+    )
+    sub.add_argument("--force", action="store_true", help="replace existing submissions")
+
+    sub = add("autograde", "autograde the submissions in parallel, sandboxed")
+    sub.add_argument("assignment", metavar="ASSIGNMENT")
+    sub.add_argument("--jobs", type=_positive(int), default=None, metavar="N",
+                     help="notebooks run at once (default: the number of CPUs)")  # fmt: skip
+    sub.add_argument("--timeout", type=_positive(float), default=None, metavar="S",
+                     help="wall-clock limit per notebook in seconds (default 600)")  # fmt: skip
+    sub.add_argument("--cell-timeout", type=_positive(float), default=None, metavar="S",
+                     help="limit per cell (default: c.Execute.timeout, else 120)")  # fmt: skip
+    sub.add_argument("--memory", type=_positive(int), default=None, metavar="MB",
+                     help="memory limit per notebook in MB (default 2048)")  # fmt: skip
+    sub.add_argument("--student", nargs="+", default=None, metavar="ID",
+                     help="grade only these students")  # fmt: skip
+    sub.add_argument("--force", action="store_true", help="grade again what is graded")
+    sub.add_argument("--require-sandbox", action="store_true",
+                     help="fail instead of running without bubblewrap")  # fmt: skip
+    sub.add_argument("--quiet", action="store_true", help="no progress bar, short summary")
+
+    sub = add("feedback", "write the feedback HTML (nbgrader generate_feedback)")
+    sub.add_argument("assignment", metavar="ASSIGNMENT")
+
+    sub = add("export", "export the gradebook as CSV (nbgrader export)")
+    sub.add_argument("--csv", default=None, metavar="PATH",
+                     help="output file (default: grades.csv in the course root)")  # fmt: skip
+
+    sub = add("report", "grade table and a PNG with the score histogram and pass rates")
+    sub.add_argument("assignment", metavar="ASSIGNMENT")
+    sub.add_argument("--output", default=None, metavar="PNG",
+                     help="default: reports/<assignment>.png in the course root")  # fmt: skip
+
+    sub = add("check", "tests of the tests: source full marks, release 0, variants as named")
+    sub.add_argument("assignments", nargs="*", metavar="ASSIGNMENT", help="default: all")
+    sub.add_argument("--jobs", type=_positive(int), default=None, metavar="N")
+
+    sub = add("demo", "generate, collect, autograde and report in a temporary course")
+    sub.add_argument("--output", default=None, metavar="DIR",
+                     help="keep the demo course here (default: a temporary folder)")  # fmt: skip
+    sub.add_argument("--jobs", type=_positive(int), default=None, metavar="N")
+    sub.add_argument("--assignment", default=None, help="the assignment graded in the demo")
+    return parser
+
+
+def _generate(course: Course, args) -> int:
+    from npfl_course.course import generate_assignment
+
+    names = args.assignments or course.source_assignments()
+    if not names:
+        print(f"no assignments in {course.path('source', '.').parent}", file=sys.stderr)
+        return 1
+    failed = 0
+    for name in names:
+        ok, log = generate_assignment(course, name, force=args.force)
+        skipped = "Skipping existing assignment" in log
+        print(f"{name}: {'skipped (exists; --force regenerates)' if skipped else 'generated'}"
+              if ok else f"{name}: FAILED\n{log[-3000:]}")  # fmt: skip
+        failed += not ok
+    return 1 if failed else 0
+
+
+def _zip_collect(course: Course, args) -> int:
+    from npfl_course.collect import zip_collect
+
+    collected = zip_collect(course, args.assignment, args.directory, pattern=args.pattern,
+                            force=args.force)  # fmt: skip
+    for student, files in collected.students.items():
+        print(f"{student}: {', '.join(files)}")
+    for line in collected.skipped:
+        print(f"skipped: {line}")
+    print(f"collected {len(collected.students)} submission(s) into "
+          f"{course.path('submitted', args.assignment, '<student>')}")  # fmt: skip
+    return 0 if collected.students else 1
+
+
+def _autograde(course: Course, args) -> int:
+    from npfl_course.autograde import autograde
+    from npfl_course.sandbox import Limits
+
+    cell = args.cell_timeout or course.config_value("Execute", "timeout", None)
+    limits = Limits(
+        notebook_seconds=args.timeout or Limits.notebook_seconds,
+        cell_seconds=float(cell or Limits.cell_seconds),
+        memory_mb=args.memory or Limits.memory_mb,
+    )
+    report = autograde(course, args.assignment, students=args.student, jobs=args.jobs,
+                       limits=limits, force=args.force, progress=not args.quiet,
+                       require_sandbox=args.require_sandbox)  # fmt: skip
+    print(report.summary(details=not args.quiet))
+    return 1 if report.count("failed") else 0
+
+
+def _feedback(course: Course, args) -> int:
+    from npfl_course.course import generate_feedback
+
+    ok, log = generate_feedback(course, args.assignment)
+    where = course.path("feedback", args.assignment, "<student>")
+    print(f"feedback written to {where}" if ok else f"FAILED\n{log[-3000:]}")
+    return 0 if ok else 1
+
+
+def _export(course: Course, args) -> int:
+    from npfl_course.course import export_csv
+
+    path = export_csv(course, args.csv or course.root / "grades.csv")
+    print(f"grades exported to {path}")
+    return 0
+
+
+def _report(course: Course, args) -> int:
+    from npfl_course.report import grade_table, write_report
+
+    output = Path(args.output) if args.output else course.root / "reports" / args.assignment
+    output = output.with_suffix(".png")
+    print(grade_table(course, args.assignment))
+    print(f"report written to {write_report(course, args.assignment, output)}")
+    return 0
+
+
+def _check(course: Course, args) -> int:
+    from npfl_course.check import check_assignments
+
+    return check_assignments(course, args.assignments or None, jobs=args.jobs)
+
+
+def _demo(course: Course | None, args) -> int:
+    from npfl_course.demo import run_demo
+
+    return run_demo(course, output=args.output, jobs=args.jobs, assignment=args.assignment)
+
+
+COMMANDS = {
+    "generate": _generate, "zip-collect": _zip_collect, "autograde": _autograde,
+    "feedback": _feedback, "export": _export, "report": _report, "check": _check,
+    "demo": _demo,
+}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs ``npfl-course``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    try:
+        course = load_course(args.course_dir)
+        return COMMANDS[args.command](course, args)
+    except CourseError as exc:
+        print(f"npfl-course: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("npfl-course: interrupted", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(130)  # running sandboxes die with us (bwrap --die-with-parent)
+    except Exception as exc:
+        from nbgrader.converters import NbGraderException
+
+        if isinstance(exc, (NbGraderException, FileNotFoundError, ValueError)):
+            print(f"npfl-course: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

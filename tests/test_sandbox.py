@@ -1,0 +1,370 @@
+"""Tests of npfl_course.sandbox: limits, isolation, the fallback without bubblewrap.
+
+Isolation tests are skipped where bwrap is unavailable; the fallback is tested everywhere by
+forcing it with NPFL_COURSE_NO_BWRAP=1. Every hostile command carries a unique token in its
+command line, so the tests can check in /proc that no process of it survived.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import uuid
+import warnings
+from pathlib import Path
+
+import pytest
+
+import npfl_lib
+from npfl_course import sandbox
+from npfl_course.sandbox import Limits, SandboxResult, run_sandboxed, sandbox_available
+
+REPO = Path(npfl_lib.__file__).resolve().parent.parent
+BWRAP = sandbox_available()
+needs_bwrap = pytest.mark.skipif(not BWRAP, reason="bubblewrap is not available here")
+FAST = Limits(notebook_seconds=20, memory_mb=512, max_processes=32)
+
+
+def _procs_with(token: str) -> list[int]:
+    """Pids of live (non-zombie) processes whose command line contains ``token``."""
+    pids = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                cmdline = f.read()
+            with open(f"/proc/{name}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if token.encode() in cmdline and state != "Z":
+            pids.append(int(name))
+    return pids
+
+
+def _python_for(mode: str) -> str:
+    """A Python the sandbox can run; the fallback as root needs one other uids can reach."""
+    if mode == "bwrap" or os.geteuid() != 0:
+        return sys.executable
+    for candidate in (sys.executable, "/usr/bin/python3"):
+        if os.path.exists(candidate) and sandbox._reachable_by_others(candidate):
+            return candidate
+    pytest.skip("as root without bwrap the process limit needs a Python other uids can run")
+
+
+@pytest.fixture
+def workdir():
+    # Not pytest's tmp_path: its parent is 0700, which the fallback's sandbox uid can't pass.
+    base = tempfile.mkdtemp(prefix="npfl-sandbox-test-")
+    os.chmod(base, 0o755)
+    work = Path(base, "submission")
+    work.mkdir()
+    yield work
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(params=["bwrap", "fallback"])
+def mode(request, monkeypatch):
+    """Runs a test isolated by bwrap (skipped without it) and in the forced fallback."""
+    if request.param == "bwrap":
+        if not BWRAP:
+            pytest.skip("bubblewrap is not available here")
+        monkeypatch.delenv("NPFL_COURSE_NO_BWRAP", raising=False)
+    else:
+        monkeypatch.setenv("NPFL_COURSE_NO_BWRAP", "1")
+        warnings.filterwarnings("ignore", "npfl_course.sandbox", RuntimeWarning)
+    return request.param
+
+
+def _run(code: str, workdir: Path, mode: str = "bwrap", **kwargs) -> SandboxResult:
+    kwargs.setdefault("limits", FAST)
+    result = run_sandboxed([_python_for(mode), "-c", code], workdir=workdir, **kwargs)
+    assert result.sandboxed == (mode == "bwrap")
+    return result
+
+
+def test_success_and_output(workdir, mode):
+    result = _run("import sys; print('out'); print('err', file=sys.stderr)", workdir, mode)
+    assert (result.returncode, result.reason) == (0, None)
+    assert (result.stdout, result.stderr) == ("out\n", "err\n")
+    assert not (result.timed_out or result.memory_exceeded or result.process_limit_hit)
+
+
+@pytest.mark.parametrize(
+    "code, returncode, reason",
+    [
+        ("import sys; sys.exit(3)", 3, "exited with status 3"),
+        ("import os; os._exit(7)", 7, "exited with status 7"),
+        ("import os, signal; os.kill(os.getpid(), signal.SIGTERM)", -15, "SIGTERM"),
+        ("raise SystemExit('bye')", 1, "exited with status 1"),
+    ],
+)
+def test_exit_codes(workdir, mode, code, returncode, reason):
+    result = _run(code, workdir, mode)
+    assert result.returncode == returncode
+    assert reason in result.reason
+
+
+def test_infinite_loop_is_killed_with_its_children(workdir, mode):
+    token = f"loop_{uuid.uuid4().hex}"
+    code = textwrap.dedent(f"""
+        import subprocess, sys
+        subprocess.Popen([sys.executable, "-c", "while True: pass  # {token}"])
+        subprocess.Popen(["sleep", "1000"], start_new_session=True)  # leaves the group
+        while True: pass  # {token}
+    """)
+    result = _run(code, workdir, mode, limits=Limits(notebook_seconds=2))
+    assert result.timed_out and result.returncode is None
+    assert result.reason == "time limit exceeded (2 s)"
+    assert 2 <= result.duration < 6
+    assert _procs_with(token) == []
+
+
+def test_memory_bomb(workdir, mode):
+    code = "chunks = []\nwhile True: chunks.append(bytearray(10 ** 7))"
+    result = _run(code, workdir, mode, limits=Limits(notebook_seconds=20, memory_mb=256))
+    assert result.memory_exceeded and not result.timed_out
+    assert result.reason == "memory limit exceeded (256 MB)"
+    assert "MemoryError" in result.stderr
+
+
+def test_memory_below_the_limit_is_fine(workdir, mode):
+    # The limit is in MiB of address space: 100 MB must fit under 256 MB.
+    code = "x = bytearray(100 * 2 ** 20); print(len(x))"
+    result = _run(code, workdir, mode, limits=Limits(notebook_seconds=20, memory_mb=256))
+    assert (result.returncode, result.memory_exceeded) == (0, False)
+
+
+def test_fork_bomb_is_contained(workdir, mode):
+    token = f"fork_{uuid.uuid4().hex}"
+    # Survives failed forks, so only the process limit and the wall clock stop it.
+    code = f"import os\nwhile True:  # {token}\n    try: os.fork()\n    except OSError: pass"
+    start = time.monotonic()
+    result = _run(code, workdir, mode, limits=Limits(notebook_seconds=3, max_processes=16))
+    assert time.monotonic() - start < 10
+    assert result.timed_out and result.process_limit_hit
+    assert _procs_with(token) == []
+
+
+def test_fork_bomb_that_gives_up_fails_cleanly(workdir, mode):
+    code = "import os\nwhile True: os.fork()"
+    result = _run(code, workdir, mode, limits=Limits(notebook_seconds=10, max_processes=16))
+    assert not result.timed_out and result.returncode != 0
+    assert result.process_limit_hit and "process limit exceeded (16" in result.reason
+
+
+def test_thread_limit(workdir, mode):
+    code = "import threading, time\nfor _ in range(100): threading.Thread(target=time.sleep, args=(5,), daemon=True).start()"  # noqa: E501
+    result = _run(code, workdir, mode, limits=Limits(notebook_seconds=10, max_processes=16))
+    assert result.returncode != 0 and result.process_limit_hit
+
+
+def test_huge_output_is_truncated(workdir, mode):
+    code = "import sys; sys.stdout.write('a' * (20 * 2 ** 20) + 'THE END')"
+    result = _run(code, workdir, mode)
+    assert result.returncode == 0
+    assert len(result.stdout) < sandbox.MAX_OUTPUT_BYTES + 100
+    assert result.stdout.startswith("aaa") and result.stdout.endswith("THE END")
+    assert "bytes of output truncated" in result.stdout
+
+
+def test_environment_is_minimal(workdir, mode, monkeypatch):
+    monkeypatch.setenv("NPFL_SECRET_TOKEN", "do-not-leak")
+    code = "import os, json; print(json.dumps(dict(os.environ)))"
+    result = _run(code, workdir, mode, env={"EXTRA": "1"})
+    env = json.loads(result.stdout)
+    assert "NPFL_SECRET_TOKEN" not in env
+    assert env["HOME"] == str(workdir.resolve())
+    assert (env["OMP_NUM_THREADS"], env["MPLBACKEND"], env["EXTRA"]) == ("1", "Agg", "1")
+    assert env["PYTHONDONTWRITEBYTECODE"] == "1" and "LANG" in env and "PATH" in env
+    # The sandbox uid has no passwd entry: getpass must still work (torch's caches use it).
+    assert _run("import getpass; print(getpass.getuser())", workdir, mode).stdout == "student\n"
+    given = _run(code, workdir, mode, env={"OMP_NUM_THREADS": "3"})
+    assert json.loads(given.stdout)["OMP_NUM_THREADS"] == "3"
+
+
+def test_command_not_found(workdir, mode):
+    result = run_sandboxed(["no-such-command-npfl"], workdir=workdir, limits=FAST)
+    assert result.returncode == 127 and "cannot execute" in result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="uid switching only happens as root")
+def test_root_runs_as_distinct_unprivileged_uids(workdir, mode):
+    other = workdir.parent / "other"
+    other.mkdir()
+    code = "import os, time; print(os.getuid(), os.getgid(), os.getgroups()); time.sleep(1)"
+    results = {}
+    threads = [
+        threading.Thread(target=lambda w=w: results.__setitem__(w, _run(code, w, mode)))
+        for w in (workdir, other)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ids = [results[w].stdout.split()[0] for w in (workdir, other)]
+    assert len(set(ids)) == 2 and all(int(i) >= sandbox.UID_BASE for i in ids)
+    # What it wrote belongs to the workdir's owner again afterwards.
+    _run("open('made.txt', 'w').write('x')", workdir, mode)
+    assert {p.stat().st_uid for p in [workdir, *workdir.iterdir()]} == {os.getuid()}
+
+
+# --- isolation (bwrap only) -----------------------------------------------------------
+
+
+@needs_bwrap
+def test_network_is_unreachable_inside(workdir):
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    port = server.getsockname()[1]
+    with server:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()  # works outside
+        code = f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2)"
+        blocked = _run(code, workdir)
+        allowed = _run(code, workdir, limits=Limits(notebook_seconds=20, network=True))
+    assert blocked.returncode == 1 and ("Connection refused" in blocked.stderr)
+    assert allowed.returncode == 0, allowed.stderr
+    # Its own loopback works (a Jupyter kernel talks to its client over it).
+    code = "import socket; s = socket.create_server(('127.0.0.1', 0)); socket.create_connection(s.getsockname()).close()"  # noqa: E501
+    assert _run(code, workdir).returncode == 0
+
+
+@needs_bwrap
+def test_files_outside_the_workdir_are_invisible(workdir):
+    gradebook = workdir.parent / "gradebook.db"
+    gradebook.write_text("grades")
+    other = workdir.parent / "other_student" / "hw.ipynb"
+    other.parent.mkdir()
+    other.write_text("{}")
+    hidden = [gradebook, other, REPO / "pyproject.toml", REPO / "nbgrader_config.py"]
+    hidden += [REPO / "assignments", "/etc/shadow"]
+    code = f"import os; print([os.path.exists(p) for p in {[str(p) for p in hidden]!r}])"
+    result = _run(code, workdir)
+    assert result.stdout.strip() == str([False] * len(hidden))
+    read = _run(f"open({str(gradebook)!r}).read()", workdir)
+    assert read.returncode == 1 and "FileNotFoundError" in read.stderr
+    # The fallback does not isolate: the same read succeeds there (so this test can fail).
+    with pytest.MonkeyPatch.context() as patch, warnings.catch_warnings():
+        patch.setenv("NPFL_COURSE_NO_BWRAP", "1")
+        warnings.simplefilter("ignore")
+        leaked = _run(f"print(open({str(gradebook)!r}).read())", workdir, "fallback")
+    assert leaked.stdout.strip() == "grades"
+
+
+@needs_bwrap
+def test_only_the_workdir_is_writable(workdir):
+    outside = workdir.parent / "planted.txt"
+    in_tmp = f"/tmp/npfl-sandbox-{uuid.uuid4().hex}"
+    library = Path(npfl_lib.__file__).parent / "planted.py"
+    for target in (outside, library, Path(sys.prefix) / "planted"):
+        result = _run(f"open({str(target)!r}, 'w').write('x')", workdir)
+        assert result.returncode == 1 and "Error" in result.stderr
+        assert not target.exists()
+    code = f"open('ok.txt', 'w').write('fine'); open({in_tmp!r}, 'w').write('private')"
+    assert _run(code, workdir).returncode == 0
+    assert (workdir / "ok.txt").read_text() == "fine"
+    assert not os.path.exists(in_tmp)  # the sandbox's /tmp is its own
+
+
+@needs_bwrap
+def test_extra_readonly_path(workdir):
+    data = workdir.parent / "data"
+    data.mkdir()
+    (data / "x.txt").write_text("42")
+    code = f"print(open({str(data / 'x.txt')!r}).read()); open({str(data / 'y')!r}, 'w')"
+    result = _run(code, workdir, readonly=[data])
+    assert result.stdout.strip() == "42" and "Read-only file system" in result.stderr
+
+
+@needs_bwrap
+def test_torch_and_npfl_lib_import_inside(workdir):
+    code = "import torch, npfl_lib; print(torch.ones(2).sum().item(), npfl_lib.__file__)"
+    result = _run(code, workdir, limits=Limits(notebook_seconds=120))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["2.0", npfl_lib.__file__]
+
+
+@needs_bwrap
+def test_sandbox_dies_with_its_parent(workdir):
+    token = f"orphan_{uuid.uuid4().hex}"
+    sleeper = [sys.executable, "-c", f"import time; time.sleep(1000)  # {token}"]
+    parent_code = f"from npfl_course.sandbox import run_sandboxed as r; r({sleeper!r}, workdir={str(workdir)!r})"  # noqa: E501
+    parent = subprocess.Popen([sys.executable, "-c", parent_code])
+    deadline = time.monotonic() + 20
+    while len(_procs_with(token)) < 4:  # the parent, bwrap, bwrap's init, the sleeper
+        assert time.monotonic() < deadline and parent.poll() is None
+        time.sleep(0.05)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 5
+    while survivors := _procs_with(token):
+        if time.monotonic() > deadline:
+            for pid in survivors:  # leave nothing behind, even when failing
+                os.kill(pid, signal.SIGKILL)
+            pytest.fail(f"the sandbox outlived its parent: {len(survivors)} processes")
+        time.sleep(0.05)
+
+
+# --- fallback, availability, bad input ------------------------------------------------
+
+
+def test_fallback_warns_once_and_require_sandbox_raises(workdir, monkeypatch):
+    monkeypatch.setenv("NPFL_COURSE_NO_BWRAP", "1")
+    monkeypatch.setattr(sandbox, "_warned", threading.Event())
+    assert not sandbox_available()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            assert run_sandboxed(["true"], workdir=workdir).sandboxed is False
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1
+    assert "NOT isolated" in messages[0] and "apt-get install bubblewrap" in messages[0]
+    with pytest.raises(RuntimeError, match="require_sandbox"):
+        run_sandboxed(["true"], workdir=workdir, require_sandbox=True)
+
+
+def test_self_test_reports_missing_bwrap(monkeypatch):
+    monkeypatch.setattr(sandbox.shutil, "which", lambda name, *a, **k: None)
+    assert sandbox._bwrap_self_test.__wrapped__() == "bwrap is not installed"
+
+
+def test_readonly_mounts_never_expose_the_course(workdir):
+    course_workdir = REPO / "autograded" / "student" / "hw1"  # need not exist
+    for target in (str(workdir), str(course_workdir)):
+        mounts = [dst for _, dst in sandbox._readonly_mounts(target, [])]
+        assert str(Path(npfl_lib.__file__).parent) in mounts
+        assert sys.prefix in mounts or any(sys.prefix.startswith(m) for m in mounts)
+        for dst in mounts:  # no mount at or above the workdir or the course root
+            assert not sandbox._is_within(target, dst)
+            assert not sandbox._is_within(str(REPO), dst)
+
+
+def test_no_mount_above_the_workdir(workdir, monkeypatch):
+    # e.g. a sys.path entry that holds the submissions: mounting it would show the others.
+    above = {str(workdir.parent), str(workdir.parent.parent), sys.prefix}
+    monkeypatch.setattr(sandbox, "_python_paths", lambda: above)
+    mounts = [dst for _, dst in sandbox._readonly_mounts(str(workdir), [])]
+    assert sys.prefix in mounts and str(workdir.parent) not in mounts
+    assert str(workdir.parent.parent) not in mounts
+
+
+def test_bad_input(workdir):
+    with pytest.raises(ValueError, match="argv"):
+        run_sandboxed([], workdir=workdir)
+    with pytest.raises(ValueError, match="workdir"):
+        run_sandboxed(["true"], workdir=workdir / "missing")
+    with pytest.raises(ValueError, match="readonly"):
+        run_sandboxed(["true"], workdir=workdir, readonly=[workdir / "missing"])
+    for field in ("notebook_seconds", "cell_seconds", "memory_mb", "max_processes"):
+        with pytest.raises(ValueError, match=f"limits.{field}"):
+            run_sandboxed(["true"], workdir=workdir, limits=Limits(**{field: 0}))
