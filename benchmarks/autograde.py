@@ -45,7 +45,8 @@ def _timed(argv: list[str], cwd: Path) -> float:
     result = subprocess.run(argv, cwd=cwd, env=_env(), capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if result.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
+        output = result.stdout[-3000:] + result.stderr[-3000:]
+        raise SystemExit(f"{' '.join(argv)} failed:\n{output}")
     return seconds
 
 
@@ -126,9 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         n = args.submissions
         print()
         print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
-        print(f"stock nbgrader autograde:            {stock_s:7.1f} s  ({stock_s / n:.2f} s per notebook)")
-        print(f"npfl-course autograde --jobs {args.jobs:<2}:     {ours_s:7.1f} s  ({ours_s / n:.2f} s per notebook)")
-        print(f"ratio (stock / ours):                {stock_s / ours_s:7.2f}x")
+        ours_label = f"npfl-course autograde --jobs {args.jobs}:"
+        stock_label = "stock nbgrader autograde:"
+        print(f"{stock_label:<36} {stock_s:7.1f} s ({stock_s / n:.2f} s per notebook)")
+        print(f"{ours_label:<36} {ours_s:7.1f} s ({ours_s / n:.2f} s per notebook)")
+        print(f"{'ratio (stock / ours):':<36} {stock_s / ours_s:7.2f}x")
         print(f"same scores for all {n} submissions: {same}")
         print("\nwhat a notebook pays before its first cell (median of 3):")
         for label, seconds in startup_costs().items():

@@ -31,6 +31,7 @@ it was resubmitted (a newer ``timestamp.txt``), so running again is idempotent.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import glob
 import json
@@ -41,7 +42,9 @@ import shutil
 import sys
 import tempfile
 import time
+import types
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +66,7 @@ from npfl_course.sandbox import Limits, SandboxResult, run_sandboxed, sandbox_av
 PENDING = ".npfl-autograde-pending"  # in autograded/<student>/<assignment>/ until saved
 MAX_EXECUTED_BYTES = 64 << 20  # a worker's output notebook larger than this is not read
 OUTPUT_TYPES = {"stream", "display_data", "execute_result", "error"}
+GRADER_ERRORS = {"CellTimeoutError", "DeadKernelError", "GradingTamperError"}
 
 
 @dataclass
@@ -245,6 +249,46 @@ def _is_execute(step) -> bool:
     return isinstance(step, type) and issubclass(step, ExecutePreprocessor)
 
 
+@contextlib.contextmanager
+def _faster_nbgrader() -> Iterator[None]:
+    """Two caches for what nbgrader rebuilds for every submission, inside the block.
+
+    nbgrader opens a new ``Gradebook`` (a new SQLAlchemy engine, whose SQL it then
+    compiles afresh) a dozen times per submission, and validates cell metadata with
+    ``jsonschema.validate``, which checks the schema itself every time. Here one engine
+    per database URL is reused and the validator is built once; the results are the same.
+    """
+    import jsonschema
+    from nbgrader import api
+    from nbgrader.nbgraderformat import common
+
+    engines: dict[tuple, object] = {}
+    validators: dict[int, object] = {}
+    create = api.create_engine
+
+    def create_engine(url, *args, **kwargs):
+        key = (str(url), *args, *sorted(kwargs.items()))
+        if key not in engines:
+            engines[key] = create(url, *args, **kwargs)
+        return engines[key]
+
+    def validate(instance, schema):
+        if id(schema) not in validators:
+            validators[id(schema)] = jsonschema.validators.validator_for(schema)(schema)
+        error = jsonschema.exceptions.best_match(validators[id(schema)].iter_errors(instance))
+        if error is not None:
+            raise error
+
+    cached = types.SimpleNamespace(**{**vars(jsonschema), "validate": validate})
+    api.create_engine, common.jsonschema = create_engine, cached
+    try:
+        yield
+    finally:
+        api.create_engine, common.jsonschema = create, jsonschema
+        for engine in engines.values():
+            engine.dispose()
+
+
 def _read_submitted(path: str) -> nbformat.NotebookNode:
     """The submitted notebook, or ValueError with a readable reason."""
     try:
@@ -355,6 +399,9 @@ def merge(prepared, executed: dict | None, result: SandboxResult | None, limits:
             ]  # fmt: skip
             count = cells[index].get("execution_count")
             cell.execution_count = count if isinstance(count, int) else None
+            timing = (cells[index].get("metadata") or {}).get("execution")
+            if isinstance(timing, dict) and all(isinstance(v, str) for v in timing.values()):
+                cell.metadata["execution"] = {k: v[:40] for k, v in timing.items()}
             continue
         if stopped is None:
             stopped = index
@@ -372,6 +419,19 @@ def fail_all(notebook, ename: str, reason: str):
         if cell.cell_type == "code":
             cell.outputs = [_error(ename, reason)]
     return notebook
+
+
+def stopped_cells(notebook) -> list[str]:
+    """Notes on cells other than tests that hit a limit or tampered (tests are in ``lost``)."""
+    notes = []
+    for index, cell in enumerate(notebook.cells):
+        if cell.cell_type != "code" or utils.is_grade(cell):
+            continue
+        for output in cell.outputs:
+            if output.output_type == "error" and output.ename in GRADER_ERRORS:
+                if not output.evalue.startswith("not run"):
+                    notes.append(f"cell {index}: {output.ename}: {output.evalue}"[:300])
+    return notes
 
 
 def lost_tests(notebook) -> dict[str, str]:
@@ -616,13 +676,16 @@ class Autograder:
             converter._sanitizing = False
             converter._init_preprocessors()
             BaseConverter.convert_single_notebook(converter, str(path))
-            outcome.lost.update(lost_tests(nbformat.read(path, as_version=4)))
+            graded = nbformat.read(path, as_version=4)
+            outcome.lost.update(lost_tests(graded))
+            outcome.notes += stopped_cells(graded)
         (job.dest / PENDING).unlink(missing_ok=True)
         converter.set_permissions(self.assignment, job.student)
         converter.run_post_convert_hook()
         with self.course.gradebook() as gradebook:
             submission = gradebook.find_submission(self.assignment, job.student)
             outcome.score, outcome.max_score = submission.score, submission.max_score
+        outcome.notes = list(dict.fromkeys(outcome.notes))
         outcome.seconds = time.monotonic() - job.start
         return outcome
 
@@ -655,10 +718,13 @@ class Autograder:
         # nbgrader's chatter would break the progress bar; its warnings become notes.
         self.course.app.log.handlers = [logging.NullHandler()]
         pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="npfl-grade")
-        quiet = warnings.catch_warnings()  # nbformat warns about each duplicated cell id
-        quiet.__enter__()
+        context = contextlib.ExitStack()
+        context.enter_context(warnings.catch_warnings())  # nbformat: duplicated cell ids
         warnings.simplefilter("ignore", nbformat.warnings.DuplicateCellId)
         warnings.simplefilter("ignore", nbformat.warnings.MissingIDFieldWarning)
+        warnings.filterwarnings("ignore", module="sqlalchemy")  # nbgrader's autoflush noise
+        warnings.filterwarnings("ignore", message=".*not in session", module="nbgrader")
+        context.enter_context(_faster_nbgrader())
         try:
             while queue or pending:
                 while queue and len(pending) < 2 * self.jobs:  # prepare a little ahead
@@ -689,7 +755,7 @@ class Autograder:
                 shutil.rmtree(job.dest, ignore_errors=True)
             raise
         finally:
-            quiet.__exit__(None, None, None)
+            context.close()
             pool.shutdown(wait=False, cancel_futures=True)
             self.course.app.log.handlers = nbgrader_handlers
             bar.close()

@@ -188,7 +188,7 @@ def _python_paths() -> set[str]:
         # Entries added by .pth files, PYTHONPATH or the script's directory may be a whole
         # repository or the course itself: mount only the packages in them, never data or
         # loose modules (nbgrader_config.py may hold the gradebook's database password).
-        if not entry or not os.path.isdir(entry):
+        if not entry or not os.path.isdir(entry) or not os.access(entry, os.R_OK):
             continue
         if any(_is_within(_real(entry), _real(p)) for p in paths if os.path.exists(p)):
             continue
@@ -343,12 +343,16 @@ def _private_uid():
 
 
 def _pids_of_uid(uid: int) -> list[int]:
+    """Live processes of ``uid``; zombies are left out (they hold no resources but a pid)."""
     pids = []
     for name in os.listdir("/proc"):
         if name.isdigit():
-            with contextlib.suppress(OSError):
-                if os.stat(f"/proc/{name}").st_uid == uid:
-                    pids.append(int(name))
+            with contextlib.suppress(OSError, IndexError):
+                if os.stat(f"/proc/{name}").st_uid != uid:
+                    continue
+                with open(f"/proc/{name}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                        pids.append(int(name))
     return pids
 
 
@@ -367,9 +371,8 @@ def _descendants(root: int) -> list[int]:
     return found
 
 
-def _kill_uid(uid: int) -> int:
-    """SIGKILLs every process of ``uid`` until none is left; returns how many it saw first."""
-    seen = len(_pids_of_uid(uid))
+def _kill_uid(uid: int) -> None:
+    """SIGKILLs every process of ``uid`` until none is left."""
     for _ in range(100):  # a fork bomb may fork between the scan and the kill: repeat
         pids = _pids_of_uid(uid)
         if not pids:
@@ -378,7 +381,26 @@ def _kill_uid(uid: int) -> int:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.01)
-    return seen
+
+
+def _kill_all(pid: int, uid: int, bwrap: bool) -> int:
+    """SIGKILLs the command ``pid`` and everything it started; returns how many it found.
+
+    The tree (bwrap's PID namespace dies with its init anyway), the process group, and as
+    root every process of the sandbox uid, even ones that left the tree and the group.
+    Without a uid of its own, what RLIMIT_NPROC counts is the command and its descendants,
+    or with bwrap the descendants of bwrap (its init and the command's tree).
+    """
+    tree = _descendants(pid)
+    found = len(_pids_of_uid(uid)) if uid >= 0 else len(tree) + (not bwrap)
+    for target in [pid, *tree]:
+        with contextlib.suppress(OSError):
+            os.kill(target, signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        os.killpg(pid, signal.SIGKILL)
+    if uid >= 0:
+        _kill_uid(uid)
+    return found
 
 
 def _chown_tree(root: str, uid: int, gid: int, only_uid: int | None = None) -> None:
@@ -436,15 +458,17 @@ def _bwrap_self_test() -> str | None:
     return None
 
 
+def _forced_off() -> bool:
+    return os.environ.get("NPFL_COURSE_NO_BWRAP", "") not in ("", "0")
+
+
 def sandbox_available() -> bool:
     """Whether bubblewrap is installed and isolates commands here (tested once, cached).
 
     Returns:
         bool: False when bwrap is missing, fails its self-test, or NPFL_COURSE_NO_BWRAP=1.
     """
-    if os.environ.get("NPFL_COURSE_NO_BWRAP", "") not in ("", "0"):
-        return False
-    return _bwrap_self_test() is None
+    return not _forced_off() and _bwrap_self_test() is None
 
 
 _warned = threading.Event()
@@ -454,8 +478,7 @@ def _warn_fallback() -> None:
     if _warned.is_set():
         return
     _warned.set()
-    why = _bwrap_self_test() if not os.environ.get("NPFL_COURSE_NO_BWRAP") else None
-    why = why or "disabled by NPFL_COURSE_NO_BWRAP"
+    why = "disabled by NPFL_COURSE_NO_BWRAP" if _forced_off() else _bwrap_self_test()
     root_note = (
         " Running as root without bwrap, the process limit holds only when the command's "
         "interpreter and workdir are reachable by other users."
@@ -521,7 +544,7 @@ def run_sandboxed(
     if sandbox_available():
         return _run(argv, workdir, readonly, limits, env, shutil.which("bwrap"))
     if require_sandbox:
-        why = _bwrap_self_test() or "disabled by NPFL_COURSE_NO_BWRAP"
+        why = "disabled by NPFL_COURSE_NO_BWRAP" if _forced_off() else _bwrap_self_test()
         raise RuntimeError(f"require_sandbox=True but bubblewrap cannot isolate: {why}; "
                            f"{INSTALL_HINT}")  # fmt: skip
     _warn_fallback()
@@ -545,8 +568,8 @@ def _run(argv, workdir, readonly, limits, env, bwrap) -> SandboxResult:
         nproc = limits.max_processes
         if uid < 0 and bwrap is None:
             # Our own uid, shared with everything else we run (approximate: concurrent
-            # sandboxes share it too): leave room for that and our two reader threads.
-            nproc = -1 if _is_root() else limits.max_processes + _user_task_count() + 2
+            # sandboxes share it too): leave room for that and our reader and timer threads.
+            nproc = -1 if _is_root() else limits.max_processes + _user_task_count() + 3
         launcher = [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(uid), str(nproc)]
         launcher += [str(limits.memory_mb << 20), str(FILE_SIZE_MB << 20), command, *argv[1:]]
         if uid >= 0:
@@ -572,29 +595,34 @@ def _run(argv, workdir, readonly, limits, env, bwrap) -> SandboxResult:
         readers = [_BoundedReader(proc.stdout), _BoundedReader(proc.stderr)]
         for reader in readers:
             reader.start()
-        timed_out = False
+        counts = []  # processes found when killing: how close it came to the limit
+        expired = threading.Event()
+
+        def expire():
+            expired.set()
+            counts.append(_kill_all(proc.pid, uid, bwrap is not None))
+
+        timer = threading.Timer(limits.notebook_seconds, expire)
+        timer.start()
         try:
-            returncode = proc.wait(timeout=limits.notebook_seconds)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-        # Kill what is left: the descendants (bwrap's PID namespace dies with its init), the
-        # group, and as root every process of the sandbox uid, even ones that left the tree.
-        tree = _descendants(proc.pid)
-        for pid in [proc.pid, *tree]:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGCONT)
-        # Without a uid of its own, RLIMIT_NPROC also counts bwrap's init: so does `left`.
-        left = 0 if uid >= 0 else len(tree)
-        proc.wait()
+            # Block without reaping (no polling delay); while unreaped, proc.pid cannot be
+            # reused, so the timer and the cleanup below never signal a stranger.
+            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+        finally:  # also on KeyboardInterrupt: never leave a submission running
+            timer.cancel()
+            timer.join()
+            counts.append(_kill_all(proc.pid, uid, bwrap is not None))  # what it left behind
+        returncode = proc.wait()
         duration = time.monotonic() - start
         for reader in readers:
             reader.join(timeout=5)  # a stray grandchild may hold the pipe open
             reader.pipe.close()
         stdout, stderr = (r.text() for r in readers)
-    if timed_out:
+    if expired.is_set():
         returncode = None
     elif bwrap is not None and returncode > 128:
         returncode = 128 - returncode  # bwrap turns death by signal N into 128 + N
+    timed_out, left = expired.is_set(), max(counts)
     return _result(returncode, stdout, stderr, timed_out, limits, bwrap, duration, left)
 
 

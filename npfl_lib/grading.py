@@ -7,6 +7,10 @@
 * :func:`time_limit` stops a test that runs too long (e.g. an infinite loop).
 * :func:`pick_device` chooses CUDA when available, so the notebooks run anywhere.
 
+Importing this module also sends warnings to stdout instead of stderr: nbgrader scores
+a test cell 0 whenever the cell writes to stderr, so a harmless warning raised by a
+student's (or torch's) code would otherwise cost the cell's points.
+
 Typical test cell::
 
     expected = reference(x)                       # outside forbid: the reference may run
@@ -23,9 +27,11 @@ import inspect
 import math
 import os
 import signal
+import sys
 import threading
 import time
 import types
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -440,3 +446,16 @@ def pick_device() -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"NPFL_DEVICE={name!r} but CUDA is not available; use NPFL_DEVICE=cpu")
     return device
+
+
+# ----------------------------------------------------------------------------------
+# warnings on stdout
+# ----------------------------------------------------------------------------------
+
+
+def _show_warning_on_stdout(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` that prints to stdout (nbgrader zeroes cells with stderr)."""
+    sys.stdout.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+warnings.showwarning = _show_warning_on_stdout

@@ -224,6 +224,65 @@ def test_variants_are_complete(name):
     assert len(names) == len(set(names)), "variant names must be unique"
 
 
+def _toy_notebook() -> nbformat.NotebookNode:
+    """f and g independent, h calls f; a helper cell calls g; one test cell each."""
+
+    def cell(grade_id, kind, source):
+        meta = {"grade_id": grade_id, "schema_version": 3, "task": False}
+        meta.update(harness.CELL_KINDS[kind])
+        if kind == "test":
+            meta["points"] = 1
+        return nbformat.v4.new_code_cell(source, metadata={"nbgrader": meta})
+
+    return nbformat.v4.new_notebook(
+        cells=[
+            cell("f", "solution", "def f(x):\n    return x + 1"),
+            cell("g", "solution", "def g(x):\n    return 2 * x"),
+            cell("h", "solution", "def h(x):\n    return f(x) * 3"),
+            cell("helper", "readonly", "def twice_g(x):\n    return g(g(x))"),
+            cell("test_f", "test", "assert f(1) == 2"),
+            cell("test_g", "test", "assert twice_g(1) == 4"),
+            cell("test_h", "test", "y = h(0)\nassert y == 3"),
+        ]
+    )
+
+
+def test_dependencies_and_plan_keep_variants_apart():
+    notebook = _toy_notebook()
+    assert harness.dependencies(notebook) == {
+        "test_f": {"f"},
+        "test_g": {"g"},
+        "test_h": {"f", "h"},
+    }
+    # A variant of h that calls g instead makes test_h depend on g.
+    assert harness.dependencies(notebook, {"h": "def h(x):\n    return g(x)"})["test_h"] == {
+        "g",
+        "h",
+    }
+    variants = type("Variants", (), {})()
+    variants.WRONG = [
+        {"cell": "f", "code": "def f(x):\n    return x", "fails": ["test_f"]},
+        {"cell": "g", "code": "def g(x):\n    return x", "fails": ["test_g"]},
+        {"cell": "h", "code": "def h(x):\n    return f(x) * 2", "fails": ["test_h"]},
+        {"cell": "f", "code": "def f(x):\n    return 0", "fails": ["test_f"]},
+    ]
+    variants.ALTERNATIVE = [{"cell": "g", "code": "def g(x):\n    return x + x"}]
+    variants.DELEGATING = []
+    plan = harness.plan(notebook, variants)
+    together = {key: plan.student_of[key] for key in plan.student_of}
+    # f and g are independent; h's test runs f, so a variant of f never joins one of h.
+    assert together[("WRONG", 0)] == together[("WRONG", 1)]
+    assert together[("WRONG", 2)] not in (together[("WRONG", 0)], together[("WRONG", 3)])
+    assert len(set(together.values())) == 3
+    assert plan.judged_by[("ALTERNATIVE", 0)] == {"test_g"}
+    for student, replace in plan.students.items():
+        cells = [harness.graded_function(code) for code in replace.values()]
+        assert len(cells) == len(set(cells)), student
+    alone = harness.plan(notebook, variants, group=False)
+    assert len(alone.students) == 5
+    assert alone.judged_by[("ALTERNATIVE", 0)] == {"test_f", "test_g", "test_h"}
+
+
 # ----------------------------------------------------------------------------------
 # Real nbgrader
 # ----------------------------------------------------------------------------------

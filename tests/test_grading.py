@@ -393,3 +393,18 @@ def test_pick_device_honours_npfl_device(monkeypatch):
         monkeypatch.setenv("NPFL_DEVICE", "cuda")
         with pytest.raises(ValueError, match="CUDA is not available"):
             pick_device()
+
+
+def test_warnings_go_to_stdout_so_nbgrader_does_not_zero_the_cell(capsys):
+    import warnings
+
+    from npfl_lib import grading
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        # pytest records warnings itself; put the module's handler back for this block.
+        warnings.showwarning = grading._show_warning_on_stdout
+        warnings.warn("harmless deprecation", DeprecationWarning, stacklevel=1)
+    captured = capsys.readouterr()
+    assert "harmless deprecation" in captured.out
+    assert captured.err == ""

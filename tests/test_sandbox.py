@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -126,6 +127,23 @@ def test_infinite_loop_is_killed_with_its_children(workdir, mode):
     assert result.timed_out and result.returncode is None
     assert result.reason == "time limit exceeded (2 s)"
     assert 2 <= result.duration < 6
+    assert _procs_with(token) == []
+
+
+def test_interrupted_caller_leaves_nothing_running(workdir, mode):
+    token = f"interrupted_{uuid.uuid4().hex}"
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 1.0)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _run(f"import time; time.sleep(1000)  # {token}", workdir, mode)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
     assert _procs_with(token) == []
 
 

@@ -1,0 +1,211 @@
+"""``npfl-course demo``: the instructor's whole job, end to end, in a temporary course.
+
+1. copies the course's ``nbgrader_config.py`` and assignments into a fresh folder and
+   generates every assignment (``nbgrader generate_assignment``);
+2. builds an LMS-style download folder for one assignment: a full solution, the
+   untouched release, partially wrong solutions (``variants.py``'s WRONG variants) and a
+   few hostile submissions (an infinite loop, a process exit, tampering with the
+   grading helpers, a file that is not a notebook), as zips and loose notebooks;
+3. collects them (``zip-collect``), autogrades them in parallel and sandboxed,
+   generates the feedback, exports the CSV, prints the grade table and writes the PNG.
+
+It also holds :func:`tiny_course`, a minimal course (no torch code in the cells) that the
+tests of this package grade.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import nbformat
+
+from npfl_course.course import Course, generate_assignment, generate_feedback, load_course
+
+DEFAULT_ASSIGNMENT = "regularization"  # the fastest to grade of this course's assignments
+
+HOSTILE = {
+    "mallory_loop": "while True:\n    pass",
+    "trudy_exit": "import os\nos._exit(0)",
+    "eve_tamper": (
+        "import sys, types, contextlib\n"
+        "fake = types.ModuleType('npfl_lib.grading')\n"
+        "fake.check_close = lambda *args, **kwargs: None\n"
+        "fake.forbid = fake.time_limit = lambda *args: contextlib.nullcontext()\n"
+        "sys.modules['npfl_lib.grading'] = fake"
+    ),
+}
+
+
+def _copy_course(course: Course, target: Path) -> list[str]:
+    """The course's config and source assignments, copied to ``target``; their names."""
+    names = course.source_assignments()
+    source = course.path("source", "x").parent
+    target.mkdir(parents=True)
+    shutil.copy(course.directory / "nbgrader_config.py", target / "nbgrader_config.py")
+    relative = os.path.relpath(source, course.directory)
+    if relative.startswith(".."):
+        relative = "assignments"  # a source outside the course: this config must agree
+    for name in names:
+        shutil.copytree(source / name, target / relative / name)
+    return names
+
+
+def _downloads(course: Course, assignment: str, folder: Path) -> list[str]:
+    """An LMS download folder of submissions; returns the student ids."""
+    from npfl_course import check
+
+    source_dir = course.path("source", assignment)
+    release = nbformat.read(course.path("release", assignment) / f"{assignment}.ipynb", 4)
+    source = nbformat.read(source_dir / f"{assignment}.ipynb", 4)
+    folder.mkdir(parents=True)
+    notebooks = {
+        "alice_full": check.make_submission(release, source),
+        "bob_untouched": release,
+    }
+    variants_path = source_dir / "variants.py"
+    if variants_path.exists():
+        variants = check.load_variants(assignment, source_dir.parent)
+        for student, variant in zip(("carol", "dave", "erin"), variants.WRONG, strict=False):
+            replace = {variant["cell"]: variant["code"]}
+            notebooks[f"{student}_wrong"] = check.make_submission(release, source, replace)
+    for student, code in HOSTILE.items():
+        notebook = copy.deepcopy(notebooks["alice_full"])
+        first = next(i for i, c in enumerate(notebook.cells) if check.cell_kind(c) == "solution")
+        notebook.cells.insert(first, nbformat.v4.new_code_cell(code))
+        notebooks[student] = notebook
+    for number, (student, notebook) in enumerate(notebooks.items()):
+        if number % 2:  # as a zip, named by the student id
+            with zipfile.ZipFile(folder / f"{student}.zip", "w") as archive:
+                archive.writestr(f"{assignment}.ipynb", nbformat.writes(notebook))
+        else:  # a loose notebook, renamed by the LMS
+            nbformat.write(notebook, folder / f"{student}_{assignment}_submission.ipynb")
+    (folder / f"oscar_broken_{assignment}.ipynb").write_text('{"cells": [', encoding="utf-8")
+    return [*notebooks, "oscar"]
+
+
+def run_demo(
+    course: Course,
+    output: str | os.PathLike | None = None,
+    jobs: int | None = None,
+    assignment: str | None = None,
+) -> int:
+    """Runs the demo (see the module docstring); returns the exit status."""
+    from npfl_course.autograde import autograde
+    from npfl_course.collect import zip_collect
+    from npfl_course.course import export_csv
+    from npfl_course.report import grade_table, write_report
+    from npfl_course.sandbox import Limits
+
+    start = time.perf_counter()
+    base = Path(output) if output else Path(tempfile.mkdtemp(prefix="npfl-demo-"))
+    demo = base / "course"
+    if demo.exists():
+        shutil.rmtree(demo)
+    names = _copy_course(course, demo)
+    previous = os.environ.pop("NPFL_COURSE_OUTPUT", None)  # outputs go to the demo course
+    try:
+        demo_course = load_course(demo)
+    finally:
+        if previous is not None:
+            os.environ["NPFL_COURSE_OUTPUT"] = previous
+    print(f"demo course: {demo}")
+    for name in names:
+        ok, log = generate_assignment(demo_course, name, force=True)
+        print(f"  generate {name}: {'ok' if ok else 'FAILED'}")
+        if not ok:
+            print(log[-3000:])
+            return 1
+    assignment = assignment or (DEFAULT_ASSIGNMENT if DEFAULT_ASSIGNMENT in names else names[0])
+    downloads = base / "downloads" / assignment
+    if downloads.exists():
+        shutil.rmtree(downloads)
+    students = _downloads(demo_course, assignment, downloads)
+    collected = zip_collect(demo_course, assignment, downloads)
+    print(f"  zip-collect: {len(collected.students)} of {len(students)} students' notebooks")
+    limits = Limits(notebook_seconds=120, cell_seconds=20)
+    report = autograde(demo_course, assignment, jobs=jobs, limits=limits)
+    print(report.summary())
+    ok, _ = generate_feedback(demo_course, assignment)
+    csv = export_csv(demo_course, demo / "grades.csv")
+    png = write_report(demo_course, assignment, demo / "reports" / f"{assignment}.png")
+    print(grade_table(demo_course, assignment))
+    print(f"feedback: {demo_course.path('feedback', assignment, '<student>')} ({ok=})")
+    print(f"grades:   {csv}\nreport:   {png}")
+    print(f"demo finished in {time.perf_counter() - start:.0f} s")
+    return 0 if report.count("failed") == 0 else 1
+
+
+# ----------------------------------------------------------------------------------
+# A tiny course for tests
+# ----------------------------------------------------------------------------------
+
+TINY_CONFIG = """\
+c = get_config()  # noqa: F821
+c.CourseDirectory.course_id = "tiny"
+c.CourseDirectory.source_directory = "source"
+c.Execute.timeout = 30
+"""
+
+
+def _cell(kind: str, grade_id: str, source: str, points: float = 0) -> nbformat.NotebookNode:
+    flags = {
+        "readonly": (False, True, False),
+        "solution": (False, False, True),
+        "test": (True, True, False),
+    }[kind]
+    cell = nbformat.v4.new_code_cell(source)
+    meta = dict(zip(("grade", "locked", "solution"), flags, strict=True))
+    meta.update(grade_id=grade_id, schema_version=3, task=False)
+    if kind == "test":
+        meta["points"] = points
+    cell.metadata["nbgrader"] = meta
+    return cell
+
+
+def _solution(signature: str, body: str) -> str:
+    return f"{signature}\n    ### BEGIN SOLUTION\n    {body}\n    ### END SOLUTION"
+
+
+def tiny_source() -> nbformat.NotebookNode:
+    """The source notebook of the tiny assignment: add (1 point), mul (2), square (1)."""
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                       "language": "python"}  # fmt: skip
+    guarded = "with forbid('npfl_lib'), time_limit(5):\n    "
+    notebook.cells = [
+        _cell("readonly", "setup", "from npfl_lib.grading import check_close, forbid, time_limit"),
+        _cell("solution", "add", _solution("def add(a, b):", "return a + b")),
+        _cell(
+            "test",
+            "test_add",
+            guarded + "assert add(1, 2) == 3, 'add(1, 2) != 3'\n"
+            "### BEGIN HIDDEN TESTS\n" + guarded + "assert add(-1, 1) == 0\n"
+            "### END HIDDEN TESTS",
+            1,
+        ),  # fmt: skip
+        _cell("solution", "mul", _solution("def mul(a, b):", "return a * b")),
+        _cell(
+            "test",
+            "test_mul",
+            guarded + "value = mul(2.0, 3.0)\ncheck_close(value, 6.0, name='mul(2, 3)')",
+            2,
+        ),  # fmt: skip
+        _cell("solution", "square", _solution("def square(x):", "return x * x")),
+        _cell("test", "test_square", guarded + "assert square(3) == 9, 'square(3) != 9'", 1),
+    ]
+    return notebook
+
+
+def tiny_course(directory: str | os.PathLike) -> Path:
+    """Writes a course with one tiny assignment ``tiny`` (not generated yet); its path."""
+    directory = Path(directory)
+    (directory / "source" / "tiny").mkdir(parents=True)
+    (directory / "nbgrader_config.py").write_text(TINY_CONFIG, encoding="utf-8")
+    nbformat.write(tiny_source(), directory / "source" / "tiny" / "tiny.ipynb")
+    return directory

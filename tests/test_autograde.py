@@ -1,0 +1,330 @@
+"""npfl_course.autograde (and its worker, npfl_course.execute): parallel, exactly-once,
+idempotent autograding into a consistent gradebook.
+
+The course is the tiny one of ``npfl_course.demo.tiny_course`` (three functions, tests
+worth 1 + 2 + 1 points), generated once per module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from npfl_course import autograde as ag
+from npfl_course.check import make_submission
+from npfl_course.course import generate_assignment, load_course
+from npfl_course.demo import tiny_course
+from npfl_course.sandbox import Limits, SandboxResult
+
+LIMITS = Limits(notebook_seconds=120, cell_seconds=20)
+TESTS = {"test_add": 1.0, "test_mul": 2.0, "test_square": 1.0}
+# student -> (replaced solution cells, expected score per test)
+STUDENTS = {
+    "full": ({}, TESTS),
+    "release": (None, {t: 0.0 for t in TESTS}),
+    "wrong_mul": ({"mul": "def mul(a, b):\n    return a + b"}, {**TESTS, "test_mul": 0.0}),
+    "wrong_add": ({"add": "def add(a, b):\n    return a - b"}, {**TESTS, "test_add": 0.0}),
+    "no_square": ({"square": "x = 1"}, {**TESTS, "test_square": 0.0}),
+}
+
+
+def _submit(course_dir: Path, student: str, notebook) -> None:
+    folder = course_dir / "submitted" / student / "tiny"
+    folder.mkdir(parents=True, exist_ok=True)
+    nbformat.write(notebook, folder / "tiny.ipynb")
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory) -> Path:
+    """The tiny course, generated, with the submissions of STUDENTS (not graded)."""
+    directory = tiny_course(tmp_path_factory.mktemp("tiny") / "course")
+    ok, log = generate_assignment(load_course(directory), "tiny")
+    assert ok, log
+    release = nbformat.read(directory / "release" / "tiny" / "tiny.ipynb", 4)
+    source = nbformat.read(directory / "source" / "tiny" / "tiny.ipynb", 4)
+    for student, (replace, _) in STUDENTS.items():
+        notebook = release if replace is None else make_submission(release, source, replace)
+        _submit(directory, student, notebook)
+    return directory
+
+
+def _copy(generated: Path, target: Path) -> Path:
+    shutil.copytree(generated, target)
+    return target
+
+
+def _scores(course) -> dict[str, dict[str, float]]:
+    with course.gradebook() as gradebook:
+        return {
+            s.student_id: {g.name: g.score for nb in s.notebooks for g in nb.grades}
+            for s in gradebook.assignment_submissions("tiny")
+        }
+
+
+def _tree_hash(directory: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(directory.rglob("*")):
+        if path.is_file():
+            digest.update(str(path.relative_to(directory)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def parallel(generated, tmp_path_factory):
+    """The course graded with two jobs: (course, report, executions)."""
+    course = load_course(_copy(generated, tmp_path_factory.mktemp("parallel") / "course"))
+    grader = ag.Autograder(course, "tiny", jobs=2, limits=LIMITS)
+    report = grader.run(progress=False)
+    return course, report, grader.executions
+
+
+@pytest.mark.slow
+def test_scores_are_right_and_parallel_equals_sequential(parallel, generated, tmp_path):
+    course, report, _ = parallel
+    expected = {student: tests for student, (_, tests) in STUDENTS.items()}
+    assert _scores(course) == expected, report.summary()
+    sequential = load_course(_copy(generated, tmp_path / "course"))
+    ag.autograde(sequential, "tiny", jobs=1, limits=LIMITS, progress=False)
+    assert _scores(sequential) == _scores(course)
+
+
+@pytest.mark.slow
+def test_every_submission_is_graded_exactly_once(parallel):
+    course, report, executions = parallel
+    assert executions == len(STUDENTS)
+    assert sorted(o.student for o in report.outcomes) == sorted(STUDENTS)
+    assert {o.status for o in report.outcomes} == {"graded"}
+    assert report.count("graded") == len(STUDENTS)
+    by_student = {o.student: o for o in report.outcomes}
+    assert by_student["full"].score == 4 and by_student["full"].max_score == 4
+    assert set(by_student["wrong_mul"].lost) == {"test_mul"}
+    assert "AssertionError" in by_student["wrong_mul"].lost["test_mul"]
+    assert set(by_student["release"].lost) == set(TESTS)
+    assert "NotImplementedError" in by_student["release"].lost["test_add"]
+    summary = report.summary()
+    assert "graded: 5, failed: 0, skipped: 0" in summary and "wrong_mul" in summary
+
+
+@pytest.mark.slow
+def test_gradebook_and_autograded_folder_are_consistent(parallel):
+    course, _, _ = parallel
+    with course.gradebook() as gradebook:
+        submissions = gradebook.assignment_submissions("tiny")
+        assert len(submissions) == len(STUDENTS)
+        for submission in submissions:
+            grades = [g for nb in submission.notebooks for g in nb.grades]
+            assert sum(g.score for g in grades) == submission.score
+            assert not any(g.needs_manual_grade for g in grades)
+    for student in STUDENTS:
+        folder = course.root / "autograded" / student / "tiny"
+        assert (folder / "tiny.ipynb").is_file()
+        assert not (folder / ag.PENDING).exists()
+        notebook = nbformat.read(folder / "tiny.ipynb", 4)
+        timings = [c.metadata.get("execution") for c in notebook.cells if c.cell_type == "code"]
+        assert all(t and "shell.execute_reply" in t for t in timings)
+
+
+@pytest.mark.slow
+def test_rerun_is_idempotent_and_force_regrades(parallel):
+    course, _, _ = parallel
+    before_scores, before_files = _scores(course), _tree_hash(course.root / "autograded")
+    grader = ag.Autograder(course, "tiny", jobs=2, limits=LIMITS)
+    report = grader.run(progress=False)
+    assert grader.executions == 0
+    assert {o.status for o in report.outcomes} == {"skipped"}
+    assert _scores(course) == before_scores
+    assert _tree_hash(course.root / "autograded") == before_files
+    grader = ag.Autograder(course, "tiny", jobs=2, limits=LIMITS, force=True)
+    report = grader.run(["wrong_add", "nobody"], progress=False)
+    assert grader.executions == 1
+    statuses = {o.student: o.status for o in report.outcomes}
+    assert statuses == {"wrong_add": "graded", "nobody": "failed"}
+    assert "no submission found" in report.outcomes[1].notes[0]
+    assert _scores(course) == before_scores
+
+
+@pytest.mark.slow
+def test_a_resubmission_or_an_interrupted_grading_is_graded_again(parallel):
+    course, _, _ = parallel
+    # As in nbgrader: regraded when submitted/ has a newer timestamp.txt than autograded/.
+    graded_at = course.root / "autograded" / "release" / "tiny" / "timestamp.txt"
+    graded_at.write_text("2000-01-01 00:00:00 UTC")
+    later = course.root / "submitted" / "release" / "tiny" / "timestamp.txt"
+    later.write_text("2100-01-01 00:00:00 UTC")
+    (course.root / "autograded" / "full" / "tiny" / ag.PENDING).touch()
+    grader = ag.Autograder(course, "tiny", jobs=2, limits=LIMITS)
+    report = grader.run(progress=False)
+    graded = sorted(o.student for o in report.outcomes if o.status == "graded")
+    assert graded == ["full", "release"] and grader.executions == 2
+    assert _scores(course)["full"] == TESTS
+    later.unlink()
+
+
+@pytest.mark.slow
+def test_the_configured_db_url_is_used(generated, tmp_path):
+    directory = _copy(generated, tmp_path / "course")
+    (directory / "gradebook.db").unlink()
+    database = tmp_path / "elsewhere" / "grades.sqlite"
+    database.parent.mkdir()
+    config = directory / "nbgrader_config.py"
+    config.write_text(config.read_text() + f"c.CourseDirectory.db_url = 'sqlite:///{database}'\n")
+    course = load_course(directory)
+    assert course.db_url == f"sqlite:///{database}"
+    ok, log = generate_assignment(course, "tiny", force=True)
+    assert ok, log
+    report = ag.autograde(course, "tiny", students=["full"], limits=LIMITS, progress=False)
+    assert report.outcomes[0].score == 4
+    assert database.is_file() and not (directory / "gradebook.db").exists()
+
+
+def test_an_assignment_that_was_not_generated_is_reported(tmp_path):
+    course = load_course(tiny_course(tmp_path / "course"))
+    with pytest.raises(ag.NbGraderException, match="npfl-course generate tiny"):
+        ag.autograde(course, "tiny", progress=False)
+    with pytest.raises(ValueError, match="jobs"):
+        ag.Autograder(course, "tiny", jobs=0)
+
+
+# ----------------------------------------------------------------------------------
+# Phase helpers
+# ----------------------------------------------------------------------------------
+
+
+def _prepared():
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [
+        nbformat.v4.new_markdown_cell("# text"),
+        nbformat.v4.new_code_cell("a = 1"),
+        nbformat.v4.new_code_cell("b = 2"),
+        nbformat.v4.new_code_cell("c = 3"),
+    ]
+    return notebook
+
+
+def test_merge_keeps_finished_cells_and_explains_the_rest():
+    prepared = _prepared()
+    executed = json.loads(nbformat.writes(prepared))
+    executed["cells"][1]["outputs"] = [{"output_type": "stream", "name": "stdout", "text": "x"}]
+    executed["cells"][1]["source"] = "forged = True"  # only outputs are taken
+    executed["cells"][2]["outputs"] = [{"output_type": "bogus"}]
+    executed["metadata"]["npfl_execute"] = {"cells_run": 3, "done": False}
+    result = SandboxResult(returncode=-9, stdout="", stderr="", reason="killed by signal SIGKILL")
+    merged = ag.merge(prepared, executed, result, LIMITS)
+    assert merged.cells[1].source == "a = 1" and merged.cells[1].outputs[0].text == "x"
+    assert merged.cells[2].outputs[0].ename == "OutputError"
+    assert merged.cells[3].outputs[0].ename == "DeadKernelError"
+    assert "SIGKILL" in merged.cells[3].outputs[0].evalue
+    nbformat.validate(merged)
+
+
+@pytest.mark.parametrize(
+    ("executed", "result", "reason"),
+    [
+        (None, SandboxResult(None, "", "", timed_out=True), "time limit exceeded (120 s"),
+        (None, SandboxResult(-9, "", "", memory_exceeded=True), "memory limit exceeded (2048 MB)"),
+        (None, SandboxResult(0, "", ""), "exited before the end"),
+        ({"cells": []}, SandboxResult(1, "", ""), "status 1"),
+        (None, None, "could not be run"),
+    ],
+)
+def test_merge_without_usable_results_fails_every_code_cell(executed, result, reason):
+    merged = ag.merge(_prepared(), executed, result, LIMITS)
+    errors = [c.outputs[0] for c in merged.cells if c.cell_type == "code"]
+    assert [e.ename for e in errors] == ["DeadKernelError"] * 3
+    assert reason in errors[0].evalue and errors[1].evalue.startswith("not run")
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("", "the file is empty"),
+        ('{"cells": [', "not valid JSON"),
+        ("plain text", "not valid JSON"),
+        ('{"a": 1}', "not a Jupyter notebook"),
+        ('{"cells": [{"cell_type": "nonsense"}], "nbformat": 4, "nbformat_minor": 5}', "valid"),
+    ],
+)
+def test_unreadable_submissions_get_a_reason(tmp_path, text, reason):
+    path = tmp_path / "x.ipynb"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=reason):
+        ag._read_submitted(str(path))
+
+
+def test_read_executed_refuses_links_and_non_notebooks(tmp_path):
+    target = tmp_path / "secret.json"
+    target.write_text(json.dumps({"cells": []}))
+    (tmp_path / "link.ipynb").symlink_to(target)
+    assert ag._read_executed(tmp_path / "link.ipynb") is None
+    assert ag._read_executed(tmp_path / "missing.ipynb") is None
+    (tmp_path / "bad.ipynb").write_text("[1, 2]")
+    assert ag._read_executed(tmp_path / "bad.ipynb") is None
+    assert ag._read_executed(target) == {"cells": []}
+
+
+# ----------------------------------------------------------------------------------
+# The worker, run directly (without the sandbox)
+# ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_worker_records_outputs_like_a_kernel(tmp_path):
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [
+        nbformat.v4.new_code_cell("print('hello')\nimport sys\nprint('warn', file=sys.stderr)"),
+        nbformat.v4.new_markdown_cell("text"),
+        nbformat.v4.new_code_cell(
+            "from IPython.display import display, HTML\ndisplay(HTML('<b>x</b>'))\n6 * 7"
+        ),  # fmt: skip
+        nbformat.v4.new_code_cell("%%time\nz = 1"),
+        nbformat.v4.new_code_cell("1 / 0"),
+        nbformat.v4.new_code_cell("print('x' * 300_000)"),
+        nbformat.v4.new_code_cell("import time\ntime.sleep(60)"),
+        nbformat.v4.new_code_cell("print(z)"),
+    ]
+    nbformat.write(notebook, tmp_path / "in.ipynb")
+    start = time.monotonic()
+    command = [sys.executable, "-I", "-m", "npfl_course.execute", "in.ipynb", "out.ipynb",
+               "--cell-timeout", "3"]  # fmt: skip
+    subprocess.run(command, cwd=tmp_path, check=True, timeout=120, env={**os.environ})
+    assert time.monotonic() - start < 60
+    out = json.loads((tmp_path / "out.ipynb").read_text())
+    assert out["metadata"]["npfl_execute"] == {"cells_run": 8, "done": True}
+    cells = out["cells"]
+    assert cells[0]["outputs"][0] == {"output_type": "stream", "name": "stdout", "text": "hello\n"}
+    assert cells[0]["outputs"][1]["name"] == "stderr"
+    kinds = [o["output_type"] for o in cells[2]["outputs"]]
+    assert kinds == ["display_data", "execute_result"]
+    assert cells[2]["outputs"][1]["data"]["text/plain"] == "42"
+    assert cells[2]["outputs"][1]["execution_count"] == cells[2]["execution_count"]
+    assert "Wall time" in cells[3]["outputs"][0]["text"]
+    assert cells[4]["outputs"][0]["ename"] == "ZeroDivisionError"
+    text = "".join(o.get("text", "") for o in cells[5]["outputs"])
+    assert len(text) < 150_000 and "output truncated" in text
+    assert cells[6]["outputs"][-1]["ename"] == "CellTimeoutError"
+    assert cells[7]["outputs"][0]["text"] == "1\n"  # the shell survived the timeout
+    nbformat.validate(nbformat.from_dict(out))
+
+
+def test_bound_names_of_a_cell():
+    from npfl_course.execute import bound_names
+
+    assert bound_names("import a.b as c, d\nx = 1\ndef f(): y = 2\nfor i in []: pass") == {
+        "c",
+        "d",
+        "x",
+        "f",
+        "y",
+        "i",
+    }
+    assert bound_names("def (") is None
