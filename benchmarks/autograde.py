@@ -3,7 +3,7 @@
     python benchmarks/autograde.py [--assignment regularization] [--submissions 40] [--jobs 2]
 
 Builds a throwaway course (this repository's ``nbgrader_config.py`` and one assignment),
-generates it once, copies it twice and puts the same submissions into both copies (every
+generates it once, copies it for each side and puts the same submissions into both (every
 other one the full solution, the others the unanswered release, so both the passing and
 the failing paths run). Then, in the same run, it times
 
@@ -12,8 +12,10 @@ the failing paths run). Then, in the same run, it times
 * ours: ``python -m npfl_course.cli autograde ASSIGNMENT --jobs N``: sandboxed workers,
 
 checks that both gave every submission the same score, and prints both times and the
-ratio. It also times what a notebook's start costs (a Python process, ``import torch``,
-``import npfl_lib``, a Jupyter kernel until it answers), to show what dominates.
+ratio. The two take turns on ``--rounds`` slices of the submissions (stock, ours, stock,
+ours), so that a change in the machine's load during the run hits both alike. It also
+times what a notebook's start costs (a Python process, ``import torch``, ``import
+npfl_lib``, a Jupyter kernel until it answers), to show what dominates.
 """
 
 from __future__ import annotations
@@ -99,32 +101,49 @@ def startup_costs(repeat: int = 3) -> dict[str, float]:
     return costs
 
 
+def _round(base: Path, target: Path, students: list[str]) -> Path:
+    """A copy of ``base`` holding only the submissions of ``students``."""
+    shutil.copytree(base, target)
+    for folder in (target / "submitted").iterdir():
+        if folder.name not in students:
+            shutil.rmtree(folder)
+    return target
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--assignment", default="regularization")
     parser.add_argument("--submissions", type=int, default=40)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="alternate stock and ours on this many slices of the submissions, "
+                        "so a change in the machine's load hits both alike")  # fmt: skip
     parser.add_argument("--keep", default=None, help="keep the courses in this folder")
     args = parser.parse_args(argv)
 
     workdir = Path(args.keep or tempfile.mkdtemp(prefix="npfl-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        print(f"building a course with {args.submissions} submissions of {args.assignment} ...")
-        base = build_course(workdir / "base", args.assignment, args.submissions)
-        stock, ours = workdir / "stock", workdir / "ours"
-        shutil.copytree(base, stock)
-        shutil.copytree(base, ours)
-
-        print(f"stock: nbgrader autograde {args.assignment} (sequential) ...", flush=True)
-        stock_s = _timed([sys.executable, "-m", "nbgrader", "autograde", args.assignment], stock)
-        print(f"ours: npfl-course autograde {args.assignment} --jobs {args.jobs} ...", flush=True)
-        ours_s = _timed([sys.executable, "-m", "npfl_course.cli", "autograde", args.assignment,
-                         "--jobs", str(args.jobs), "--quiet", "--course-dir", str(ours)],
-                        ours)  # fmt: skip
-        stock_scores, our_scores = scores(stock, args.assignment), scores(ours, args.assignment)
-        same = stock_scores == our_scores and len(our_scores) == args.submissions
         n = args.submissions
+        print(f"building a course with {n} submissions of {args.assignment} ...")
+        base = build_course(workdir / "base", args.assignment, n)
+        students = sorted(p.name for p in (base / "submitted").iterdir())
+        stock_s = ours_s = 0.0
+        same = True
+        for index in range(args.rounds):
+            part = students[index :: args.rounds]
+            stock = _round(base, workdir / f"stock{index}", part)
+            ours = _round(base, workdir / f"ours{index}", part)
+            print(f"round {index + 1}/{args.rounds}: {len(part)} submissions; stock nbgrader "
+                  f"autograde, then npfl-course autograde --jobs {args.jobs} ...",
+                  flush=True)  # fmt: skip
+            stock_s += _timed([sys.executable, "-m", "nbgrader", "autograde", args.assignment],
+                              stock)  # fmt: skip
+            ours_s += _timed([sys.executable, "-m", "npfl_course.cli", "autograde",
+                              args.assignment, "--jobs", str(args.jobs), "--quiet",
+                              "--course-dir", str(ours)], ours)  # fmt: skip
+            stock_scores = scores(stock, args.assignment)
+            same &= stock_scores == scores(ours, args.assignment) and len(stock_scores) == len(part)
         print()
         print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
         ours_label = f"npfl-course autograde --jobs {args.jobs}:"

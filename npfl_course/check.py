@@ -424,6 +424,7 @@ def grade(
     *,
     assignments: Path = ASSIGNMENTS,
     config: Path = REPO / "nbgrader_config.py",
+    layout: str = "assignments",
 ) -> Graded:
     """Generates ``name`` in a course under ``workdir`` and autogrades its submissions.
 
@@ -432,17 +433,18 @@ def grade(
         workdir: An empty scratch folder.
         submissions_of: ``f(release, source) -> {student_id: notebook}``.
         assignments: Where the assignments are.
-        config: The ``nbgrader_config.py`` to grade with (it must take the assignments
-            from ``assignments/`` next to itself, as this repository's does).
+        config: The ``nbgrader_config.py`` to grade with.
+        layout: Where, relative to the config, it takes the sources from (this
+            repository's: ``assignments``).
 
     Returns:
         Graded: Scores, errors and timings; ``release`` is None if generation failed.
     """
     graded = Graded(name)
     course = workdir / "course"
-    (course / "assignments").mkdir(parents=True)
+    (course / layout).mkdir(parents=True)
     shutil.copy(config, course / "nbgrader_config.py")
-    shutil.copytree(assignments / name, course / "assignments" / name)
+    shutil.copytree(assignments / name, course / layout / name)
     start = time.perf_counter()
     graded.log = _cli(course, "generate", name, "--force")
     graded.generate_seconds = time.perf_counter() - start
@@ -568,6 +570,9 @@ def check_assignments(course, names: list[str] | None = None, jobs: int | None =
     assignments = course.path("source", "x").parent
     names = names or discover(assignments)
     config = course.directory / "nbgrader_config.py"
+    layout = os.path.relpath(assignments, course.directory)
+    if layout.startswith(".."):
+        raise ValueError(f"check needs the sources inside the course directory, not {assignments}")
     failed = 0
     for name in names:
         if not source_path(name, assignments).is_file():
@@ -592,7 +597,7 @@ def check_assignments(course, names: list[str] | None = None, jobs: int | None =
         with tempfile.TemporaryDirectory(prefix=f"npfl-check-{name}-") as workdir:
             start = time.perf_counter()
             graded = grade(name, Path(workdir), submissions, assignments=assignments,
-                           config=config)  # fmt: skip
+                           config=config, layout=layout)  # fmt: skip
             if graded.release is None:
                 problems.append(f"generate failed:\n{graded.log[-2000:]}")
             else:

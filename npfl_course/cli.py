@@ -121,8 +121,9 @@ def _generate(course: Course, args) -> int:
         return 1
     failed = 0
     for name in names:
+        # As nbgrader does, an existing release is kept unless --force.
+        skipped = course.path("release", name).exists() and not args.force
         ok, log = generate_assignment(course, name, force=args.force)
-        skipped = "Skipping existing assignment" in log
         print(f"{name}: {'skipped (exists; --force regenerates)' if skipped else 'generated'}"
               if ok else f"{name}: FAILED\n{log[-3000:]}")  # fmt: skip
         failed += not ok

@@ -16,7 +16,9 @@ import logging
 import os
 import re
 import shutil
+import tarfile
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,6 +88,33 @@ class StudentIdCollector(FileNameCollectorPlugin):
         return {"student_id": student, "file_id": file_id}
 
 
+def _copy_downloads(source: Path, target: Path) -> list[str]:
+    """Copies the downloads but hidden files and broken archives (which would stop
+    nbgrader's extractor); returns why each archive was left out."""
+    skipped = []
+    for path in sorted(source.rglob("*")):
+        relative = path.relative_to(source)
+        if _hidden(list(relative.parts)) or not path.is_file():
+            continue
+        name = path.name.lower()
+        if name.endswith((".zip", ".gz")):
+            readable = zipfile.is_zipfile(path) if name.endswith(".zip") else _is_tar(path)
+            if not readable:
+                skipped.append(f"{relative}: not a readable archive")
+                continue
+        (target / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target / relative)
+    target.mkdir(parents=True, exist_ok=True)
+    return skipped
+
+
+def _is_tar(path: Path) -> bool:
+    try:
+        return tarfile.is_tarfile(path)
+    except OSError:
+        return False
+
+
 class _Messages(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
@@ -135,7 +164,7 @@ def zip_collect(
     if not released:
         raise CourseError(f"zip-collect: no released notebooks of {assignment!r}; generate first")
     with tempfile.TemporaryDirectory(prefix="npfl-collect-") as work:
-        shutil.copytree(source, os.path.join(work, "archive"))
+        broken = _copy_downloads(source, Path(work) / "archive")
         app = ZipCollectApp(config=course.config)
         app.coursedir = coursedir
         app.force = force
@@ -161,7 +190,7 @@ def zip_collect(
             raise CourseError(f"zip-collect: {(messages.messages or ['failed'])[-1]}") from None
         finally:
             app.log.handlers = handlers
-    result = Collected(skipped=list(collector.skipped))
+    result = Collected(skipped=broken + list(collector.skipped))
     for student, info in sorted(data.items()):
         result.students[student] = sorted(info["file_ids"])
     return result

@@ -178,26 +178,37 @@ def tiny_source() -> nbformat.NotebookNode:
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                        "language": "python"}  # fmt: skip
     guarded = "with forbid('npfl_lib'), time_limit(5):\n    "
+
+    def test(visible: str, hidden: str) -> str:
+        hidden = f"### BEGIN HIDDEN TESTS\n{guarded}{hidden}\n### END HIDDEN TESTS"
+        return f"{guarded}{visible}\n{hidden}"
+
     notebook.cells = [
         _cell("readonly", "setup", "from npfl_lib.grading import check_close, forbid, time_limit"),
         _cell("solution", "add", _solution("def add(a, b):", "return a + b")),
         _cell(
             "test",
             "test_add",
-            guarded + "assert add(1, 2) == 3, 'add(1, 2) != 3'\n"
-            "### BEGIN HIDDEN TESTS\n" + guarded + "assert add(-1, 1) == 0\n"
-            "### END HIDDEN TESTS",
+            test("assert add(1, 2) == 3, 'add(1, 2)'", "assert add(-1, 1) == 0"),
             1,
-        ),  # fmt: skip
+        ),
         _cell("solution", "mul", _solution("def mul(a, b):", "return a * b")),
         _cell(
             "test",
             "test_mul",
-            guarded + "value = mul(2.0, 3.0)\ncheck_close(value, 6.0, name='mul(2, 3)')",
+            test(
+                "value = mul(2.0, 3.0)\ncheck_close(value, 6.0, name='mul')",
+                "assert mul(0, 5) == 0",
+            ),
             2,
-        ),  # fmt: skip
+        ),
         _cell("solution", "square", _solution("def square(x):", "return x * x")),
-        _cell("test", "test_square", guarded + "assert square(3) == 9, 'square(3) != 9'", 1),
+        _cell(
+            "test",
+            "test_square",
+            test("assert square(3) == 9, 'square(3)'", "assert square(-2) == 4"),
+            1,
+        ),
     ]
     return notebook
 

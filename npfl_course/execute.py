@@ -53,6 +53,7 @@ import gc
 import io
 import json
 import os
+import resource
 import signal
 import sys
 import threading
@@ -518,7 +519,8 @@ class _Watchdog(threading.Thread):
                     if monotonic() > deadline + grace:
                         self.on_abandon()
                         return
-                kill_descendants()  # e.g. a fork bomb, which would starve the cell of CPU
+                _no_more_processes()  # a fork bomb would refill what we kill ...
+                kill_descendants()  # ... and starve the interrupted cell of CPU
                 with contextlib.suppress(OSError):
                     kill(self.main, signal.SIGUSR1)
                 with self.lock:
@@ -552,6 +554,20 @@ def _descendants(root: int) -> list[int]:
         found += children
         todo += children
     return found
+
+
+_NPROC = resource.getrlimit(resource.RLIMIT_NPROC)
+
+
+def _no_more_processes() -> None:
+    """Stops this process from starting processes (until :func:`_processes_again`)."""
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NPROC, (0, _NPROC[1]))
+
+
+def _processes_again() -> None:
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NPROC, _NPROC)
 
 
 def kill_descendants() -> None:
@@ -707,6 +723,7 @@ class Executor:
         """Timeouts, errors whose display was suppressed, and memory errors, as outputs."""
         error = None if result is None else result.error_before_exec or result.error_in_exec
         if self.watchdog.expired:
+            _processes_again()
             outputs.items = [o for o in outputs.items if o["output_type"] != "error"]
             outputs.error("CellTimeoutError", self._timeout_message(), [])
             kill_descendants()

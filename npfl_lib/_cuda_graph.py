@@ -1,9 +1,17 @@
-"""Whole-training-step CUDA graph capture for the Trainer's resident-data path.
+"""Fast training steps for the Trainer: fused optimizer kernels, whole-step CUDA graphs.
 
-A training step on a small model is latency-bound: launching its ~50 kernels costs more
-than running them. A CUDA graph records the kernels of one step (gather of the batch,
-forward, loss, backward, clipping, optimizer step) once and replays them with a single
-launch. This follows PyTorch's "whole network capture" recipe (torch.cuda.graphs docs):
+Fused kernels. torch's Adam and AdamW update each parameter with about ten elementwise
+operations, each a pass over memory; on a CPU that is close to half of an epoch of a
+small MLP. Their ``fused=True`` implementation does the same update in one pass. When a
+user leaves the implementation to torch (``foreach=None, fused=None``, the default),
+``use_fused_kernel`` picks the fused one: results agree to float rounding (~1e-16
+relative in float64, ~1e-7 in float32), not bit for bit. An explicit choice is kept.
+
+CUDA graphs, for the Trainer's resident-data path on a GPU. A training step on a small
+model is latency-bound: launching its ~50 kernels costs more than running them. A CUDA
+graph records the kernels of one step (gather of the batch, forward, loss, backward,
+clipping, optimizer step) once and replays them with a single launch. This follows
+PyTorch's "whole network capture" recipe (torch.cuda.graphs docs):
 
 1. warm up on a side stream (here: the first real training steps, so no step is wasted),
 2. set the gradients to None, so backward allocates them in the graph's memory pool,
@@ -61,6 +69,32 @@ def _is_torch_optimizer(optimizer) -> bool:
     return type(optimizer).__module__.startswith("torch.optim")
 
 
+def _move_steps_to_params(optimizer) -> None:
+    """Fused and capturable optimizers keep a float32 step count on each parameter's device."""
+    for param, state in optimizer.state.items():
+        step = state.get("step")
+        if isinstance(step, torch.Tensor) and step.device != param.device:
+            state["step"] = step.to(param.device, torch.float32)
+
+
+def use_fused_kernel(optimizer) -> None:
+    """Switches torch's Adam/AdamW to their fused kernel when the user left the choice open."""
+    if type(optimizer) not in (torch.optim.Adam, torch.optim.AdamW):
+        return
+    groups = optimizer.param_groups
+    for group in groups:
+        chosen = group.get("fused") is not None or group.get("foreach") is not None
+        if chosen or group.get("differentiable") or isinstance(group["lr"], torch.Tensor):
+            return
+    params = [param for group in groups for param in group["params"]]
+    devices = {param.device.type for param in params}
+    if not devices <= {"cpu", "cuda"} or not all(p.is_floating_point() for p in params):
+        return
+    for group in groups:
+        group["fused"] = True
+    _move_steps_to_params(optimizer)
+
+
 def make_capturable(optimizer) -> None:
     """Turns on ``capturable`` of a torch optimizer, moving existing step counts along."""
     if not _is_torch_optimizer(optimizer):
@@ -71,12 +105,7 @@ def make_capturable(optimizer) -> None:
     for group in optimizer.param_groups:
         if group.get("capturable") is False:
             group["capturable"] = True
-            for param in group["params"]:
-                state = optimizer.state.get(param, {})
-                step = state.get("step")
-                if isinstance(step, torch.Tensor) and step.device != param.device:
-                    # Capturable optimizers keep a float32 step on the parameter's device.
-                    state["step"] = step.to(param.device, torch.float32)
+    _move_steps_to_params(optimizer)
 
 
 def capture_key(model, optimizer, *extra) -> tuple:

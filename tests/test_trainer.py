@@ -121,16 +121,19 @@ def test_resident_kinds_give_identical_histories():
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("shuffle", [False, True])
-def test_fit_equals_hand_written_loop(dtype, shuffle, device):
+@pytest.mark.parametrize(("shuffle", "fused"), [(False, True), (True, True), (True, False)])
+def test_fit_equals_hand_written_loop(dtype, shuffle, fused, device):
     inputs, targets = make_data(dtype)
     model, reference = make_model(dtype), make_model(dtype)
-    trainer = make_trainer(model, device, metrics=False, clip_grad_norm=0.5)
+    trainer = make_trainer(
+        model, device, metrics=False, clip_grad_norm=0.5, fused_optimizer=fused, cuda_graph=False
+    )
     torch.manual_seed(3)
     history = trainer.fit((inputs, targets), epochs=2, batch_size=20, shuffle=shuffle, verbose=0)
+    assert trainer.optimizer.param_groups[0]["fused"] is (True if fused else None)
 
     reference.to(device)
-    optimizer = torch.optim.Adam(reference.parameters(), lr=1e-2)
+    optimizer = torch.optim.Adam(reference.parameters(), lr=1e-2, fused=fused or None)
     x, y = inputs.to(device), targets.to(device)
     torch.manual_seed(3)
     for epoch in range(2):
@@ -420,6 +423,39 @@ def test_bad_arguments():
     for error, name, call in cases:
         with pytest.raises(error, match=name):
             call()
+
+
+# -------------------------------------------------------------- fused optimizer kernel
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_kernel_only_where_the_choice_was_left_to_torch(dtype, device):
+    inputs, targets = make_data(dtype)
+    results = {}
+    for label, kwargs in [("default", {}), ("foreach", {"foreach": False}), ("off", None)]:
+        model = make_model(dtype)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, **(kwargs or {}))
+        trainer = make_trainer(
+            model, device, optimizer=optimizer, fused_optimizer=kwargs is not None
+        )
+        torch.manual_seed(0)
+        trainer.fit((inputs, targets), 3, 20, verbose=0)
+        results[label] = [p.detach().cpu() for p in model.parameters()]
+        expected = True if label == "default" else None
+        assert all(group["fused"] is expected for group in optimizer.param_groups)
+    for fused, plain in zip(results["default"], results["off"], strict=True):
+        torch.testing.assert_close(fused, plain, rtol=RTOL[dtype], atol=RTOL[dtype])
+    sgd = torch.optim.SGD(make_model().parameters(), lr=0.1)
+    _cuda_graph.use_fused_kernel(sgd)
+    assert sgd.param_groups[0]["fused"] is None
+
+
+def test_fused_kernel_keeps_existing_state(device):
+    params = [torch.nn.Parameter(torch.ones(3, device=device))]
+    adam = torch.optim.Adam(params, lr=0.1)
+    params[0].grad = torch.ones(3, device=device)
+    adam.step()  # on CUDA, the unfused step count lives on the CPU: it must move
+    _cuda_graph.use_fused_kernel(adam)
+    adam.step()  # the fused kernel continues from step 1
+    assert adam.param_groups[0]["fused"] and adam.state[params[0]]["step"].item() == 2.0
 
 
 # ---------------------------------------------------------------- CUDA graph decisions

@@ -1,0 +1,279 @@
+"""Hostile submissions: each is graded correctly, in one batch with honest ones.
+
+Every case of the issue is a submission of the tiny course (``npfl_course.demo``: tests
+``test_add`` 1 point, ``test_mul`` 2, ``test_square`` 1). Most attack through ``mul`` or a
+cell next to it, so the affected tests are known: they must get 0 with a readable reason
+(checked against ``Outcome.lost``, which is what the summary and the feedback show), the
+other tests their points, the honest submissions in the same batch their correct scores,
+and nothing in the course directory may change except what grading writes.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import http.server
+import threading
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from npfl_course import autograde as ag
+from npfl_course.check import cells_by_kind, make_submission
+from npfl_course.course import generate_assignment, load_course
+from npfl_course.demo import tiny_course
+from npfl_course.sandbox import Limits, sandbox_available
+
+LIMITS = Limits(notebook_seconds=90, cell_seconds=4, memory_mb=2048, max_processes=64)
+POINTS = {"test_add": 1, "test_mul": 2, "test_square": 1}
+WRONG_MUL = "def mul(a, b):\n    return a + b"
+GRADING_OUTPUTS = ("autograded", "gradebook.db")  # what grading may write in the course
+SANDBOX_ONLY = {"read_course_files", "write_outside_its_folder", "open_a_network_connection"}
+
+
+def _mul(body: str) -> str:
+    return "def mul(a, b):\n" + "".join(f"    {line}\n" for line in body.splitlines())
+
+
+def _hash(directory: Path) -> dict[str, str]:
+    hashes = {}
+    for path in sorted(directory.rglob("*")):
+        relative = path.relative_to(directory)
+        if path.is_file() and relative.parts[0] not in GRADING_OUTPUTS:
+            hashes[str(relative)] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return hashes
+
+
+class _Server(http.server.BaseHTTPRequestHandler):
+    requests: list[str] = []
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        _Server.requests.append(self.path)
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"def mul(a, b):\n    return a * b\n")
+
+    def log_message(self, *args):
+        pass
+
+
+def _insert_after(notebook, grade_id: str, code: str):
+    notebook = copy.deepcopy(notebook)
+    index = next(i for i, c in enumerate(notebook.cells) if _id(c) == grade_id)
+    notebook.cells.insert(index + 1, nbformat.v4.new_code_cell(code))
+    return notebook
+
+
+def _id(cell) -> str | None:
+    return cell.metadata.get("nbgrader", {}).get("grade_id")
+
+
+def _submissions(course_dir: Path, port: int, outside: Path) -> dict[str, object]:
+    """student -> a notebook, or raw text (bytes) for unreadable files."""
+    release = nbformat.read(course_dir / "release" / "tiny" / "tiny.ipynb", 4)
+    source = nbformat.read(course_dir / "source" / "tiny" / "tiny.ipynb", 4)
+    full = make_submission(release, source)
+    wrong = make_submission(release, source, {"mul": WRONG_MUL})
+
+    def with_mul(body: str):
+        return make_submission(release, source, {"mul": _mul(body)})
+
+    deleted = copy.deepcopy(wrong)
+    deleted.cells = [c for c in deleted.cells if _id(c) != "test_mul"]
+    duplicated = copy.deepcopy(wrong)
+    test_mul = next(i for i, c in enumerate(duplicated.cells) if _id(c) == "test_mul")
+    fake = copy.deepcopy(duplicated.cells[test_mul])
+    fake.source = "pass"
+    duplicated.cells.insert(test_mul + 1, fake)
+    reordered = copy.deepcopy(wrong)
+    setup = next(c for c in reordered.cells if _id(c) == "setup")
+    reordered.cells = [c for c in reordered.cells if c is not setup] + [setup]
+    reordered.cells.insert(0, nbformat.v4.new_code_cell(
+        "import contextlib\ncheck_close = lambda *a, **k: None\n"
+        "forbid = time_limit = lambda *a: contextlib.nullcontext()"))  # fmt: skip
+    type_changed = copy.deepcopy(wrong)
+    cell = cells_by_kind(type_changed, "test")["test_mul"]
+    cell.cell_type = "markdown"
+    del cell["outputs"], cell["execution_count"]
+    edited = copy.deepcopy(wrong)
+    cells_by_kind(edited, "test")["test_mul"].source = "pass"
+    source_path = course_dir / "source" / "tiny" / "tiny.ipynb"
+    return {
+        "honest_full": full,
+        "honest_wrong_mul": wrong,
+        "infinite_loop": with_mul("while True:\n    pass"),
+        "memory_bomb": with_mul("hog = []\nwhile True:\n    hog.append(bytearray(10**8))"),
+        "fork_bomb": with_mul(
+            "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
+        ),
+        "sys_exit": with_mul("import sys\nsys.exit(0)"),
+        "os_exit": _insert_after(full, "test_add", "import os\nos._exit(0)"),
+        "kill_own_kernel": _insert_after(
+            full, "test_add", "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)"
+        ),
+        "deleted_test_cell": deleted,
+        "duplicated_grade_id": duplicated,
+        "reordered_cells": reordered,
+        "type_changed_cell": type_changed,
+        "edited_test_cell": edited,
+        "invalid_json": b'{"cells": [',
+        "empty_file": b"",
+        "not_a_notebook": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
+        "gigantic_output": _insert_after(
+            full, "mul", "for i in range(200_000):\n    print('spam', i)\nprint('x' * 10**7)"
+        ),
+        "patch_showtraceback": _insert_after(
+            wrong,
+            "mul",
+            "ip = get_ipython()\nip.showtraceback = lambda *a, **k: None\n"
+            "type(ip)._showtraceback = lambda *a, **k: None",
+        ),  # fmt: skip
+        "patch_builtins": _insert_after(
+            wrong, "mul", "import builtins\nbuiltins.AssertionError = type('No', (Exception,), {})"
+        ),
+        "patch_sys_modules": _insert_after(
+            wrong,
+            "mul",
+            "import sys, types, contextlib\nfake = types.ModuleType('fake')\n"
+            "fake.check_close = lambda *a, **k: None\n"
+            "fake.forbid = fake.time_limit = lambda *a: contextlib.nullcontext()\n"
+            "sys.modules['npfl_lib.grading'] = fake\n"
+            "from npfl_lib.grading import check_close, forbid, time_limit",
+        ),  # fmt: skip
+        "read_course_files": _insert_after(
+            wrong,
+            "mul",
+            f"import json\nnotebook = json.load(open({str(source_path)!r}))\n"
+            "exec(''.join(notebook['cells'][3]['source']))\n"
+            f"open({str(course_dir / 'gradebook.db')!r}, 'rb').read()",
+        ),  # fmt: skip
+        "write_outside_its_folder": _insert_after(
+            wrong,
+            "mul",
+            f"open({str(outside)!r}, 'w').write('pwned')\n"
+            f"open({str(course_dir / 'gradebook.db')!r}, 'w').write('pwned')\n"
+            f"open({str(source_path)!r}, 'w').write('pwned')",
+        ),  # fmt: skip
+        "open_a_network_connection": _insert_after(
+            wrong,
+            "mul",
+            "import urllib.request\n"
+            f"exec(urllib.request.urlopen('http://127.0.0.1:{port}/mul', timeout=3).read())",
+        ),  # fmt: skip
+    }
+
+
+# student -> {lost test: what its reason must contain}; the other tests keep their points.
+DEAD = "DeadKernelError"
+TAMPER = "GradingTamperError"
+EXPECTED = {
+    "honest_full": {},
+    "honest_wrong_mul": {"test_mul": "AssertionError"},
+    "infinite_loop": {"test_mul": "CellTimeoutError"},
+    "memory_bomb": {"test_mul": "memory limit exceeded (2048 MB)"},
+    "fork_bomb": {"test_mul": "CellTimeoutError"},
+    "sys_exit": {"test_mul": "SystemExit"},
+    "os_exit": {"test_mul": DEAD, "test_square": "exited before the end"},
+    "kill_own_kernel": {"test_mul": DEAD, "test_square": "killed by signal SIGKILL"},
+    "deleted_test_cell": {"test_mul": "AssertionError"},
+    "duplicated_grade_id": {"test_mul": "AssertionError"},
+    "reordered_cells": {"test_mul": "AssertionError"},
+    "type_changed_cell": {"test_mul": "AssertionError"},
+    "edited_test_cell": {"test_mul": "AssertionError"},
+    "invalid_json": {t: "not valid JSON" for t in POINTS},
+    "empty_file": {t: "the file is empty" for t in POINTS},
+    "not_a_notebook": {t: "SubmissionError" for t in POINTS},
+    "gigantic_output": {},
+    "patch_showtraceback": {"test_mul": TAMPER, "test_square": "showtraceback"},
+    "patch_builtins": {"test_mul": TAMPER, "test_square": "builtins.AssertionError"},
+    "patch_sys_modules": {"test_mul": TAMPER, "test_square": "npfl_lib.grading"},
+    "read_course_files": {"test_mul": "AssertionError"},
+    "write_outside_its_folder": {"test_mul": "AssertionError"},
+    "open_a_network_connection": {"test_mul": "AssertionError"},
+}
+NOTES = {  # what the summary must also say
+    "deleted_test_cell": "'test_mul' was deleted; the original was put back",
+    "duplicated_grade_id": "exists multiple times",
+    "reordered_cells": "cells were moved",
+    "type_changed_cell": "cell_type",
+    "edited_test_cell": "'test_mul' was edited; the original was restored",
+    "infinite_loop": None,
+}
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory):
+    """All submissions graded in one batch: (outcomes by student, course, hashes, server)."""
+    root = tmp_path_factory.mktemp("hostile")
+    course_dir = tiny_course(root / "course")
+    course = load_course(course_dir)
+    ok, log = generate_assignment(course, "tiny")
+    assert ok, log
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Server)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    outside = root / "outside.txt"
+    for student, notebook in _submissions(course_dir, server.server_port, outside).items():
+        folder = course_dir / "submitted" / student / "tiny"
+        folder.mkdir(parents=True)
+        if isinstance(notebook, bytes):
+            (folder / "tiny.ipynb").write_bytes(notebook)
+        else:
+            nbformat.write(notebook, folder / "tiny.ipynb")
+    before = _hash(course_dir)
+    report = ag.autograde(course, "tiny", jobs=2, limits=LIMITS, progress=False)
+    server.shutdown()
+    outcomes = {outcome.student: outcome for outcome in report.outcomes}
+    yield outcomes, course, before, outside, report
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("student", list(EXPECTED))
+def test_hostile_submission_is_graded_correctly(batch, student):
+    outcomes, _, _, _, report = batch
+    if student in SANDBOX_ONLY and not report.sandboxed:
+        pytest.skip("needs bubblewrap: without it the file system and network are shared")
+    outcome = outcomes[student]
+    expected = EXPECTED[student]
+    assert outcome.status == "graded", outcome
+    assert set(outcome.lost) == set(expected), f"{student}: {outcome.lost} {outcome.notes}"
+    for test, reason in expected.items():
+        assert reason in outcome.lost[test], f"{student}/{test}: {outcome.lost[test]!r}"
+    assert outcome.score == sum(POINTS.values()) - sum(POINTS[t] for t in expected)
+    if NOTES.get(student):
+        assert any(NOTES[student] in note for note in outcome.notes), outcome.notes
+
+
+@pytest.mark.slow
+def test_the_course_directory_changes_only_where_grading_writes(batch):
+    _, course, before, outside, report = batch
+    assert _hash(course.root) == before
+    if report.sandboxed:
+        assert not outside.exists()
+        assert _Server.requests == []
+
+
+@pytest.mark.slow
+def test_gigantic_output_is_truncated(batch):
+    _, course, _, _, _ = batch
+    path = course.root / "autograded" / "gigantic_output" / "tiny" / "tiny.ipynb"
+    assert path.stat().st_size < 1_000_000
+    text = path.read_text()
+    assert "output truncated" in text.lower()
+
+
+@pytest.mark.slow
+def test_the_batch_reports_every_submission_once(batch):
+    outcomes, _, _, _, report = batch
+    assert sorted(outcomes) == sorted(EXPECTED)
+    assert len(report.outcomes) == len(EXPECTED)
+    assert report.count("failed") == 0
+    summary = report.summary()
+    assert "memory limit exceeded" in summary and "GradingTamperError" in summary
+
+
+def test_sandbox_is_used_when_available():
+    # CI installs bubblewrap (.ci/run): the isolation tests above must not be skipped there.
+    if not sandbox_available():
+        pytest.skip("bubblewrap is not installed here")
+    assert sandbox_available()
