@@ -115,7 +115,9 @@ class Report:
             f"  graded: {self.count('graded')}, failed: {self.count('failed')}, "
             f"skipped: {self.count('skipped')}",
         ]
-        for outcome in self.outcomes if details else ():
+        for outcome in self.outcomes:
+            if not details and outcome.status != "failed":
+                continue  # the short summary still says why each failure failed
             score = f"{outcome.score:g}/{outcome.max_score:g}" if outcome.score is not None else "-"
             lines.append(f"  {outcome.student:<24} {outcome.status:<8} {score}")
             for grade_id, reason in outcome.lost.items():
@@ -512,6 +514,7 @@ class Autograder:
         self.limits = limits
         self.require_sandbox = require_sandbox
         self.executions = 0  # sandboxed notebook runs, for the tests' exactly-once check
+        self._names: list[str] | None = None  # the assignment's notebooks
         threads = str(max(1, (os.cpu_count() or 1) // self.jobs))
         self.env = {"NBGRADER_EXECUTION": "autograde", "OMP_NUM_THREADS": threads,
                     "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}  # fmt: skip
@@ -539,9 +542,13 @@ class Autograder:
         return students
 
     def _notebook_names(self) -> list[str]:
+        if self._names is not None:
+            return self._names
         with self.course.gradebook() as gradebook:
             try:
-                return [nb.name for nb in gradebook.find_assignment(self.assignment).notebooks]
+                notebooks = gradebook.find_assignment(self.assignment).notebooks
+                self._names = [notebook.name for notebook in notebooks]
+                return self._names
             except MissingEntry:
                 raise NbGraderException(
                     f"no assignment {self.assignment!r} in the gradebook: run "
@@ -599,7 +606,8 @@ class Autograder:
         for name in names:
             path = submitted.get(name)
             if path is None:
-                found = ", ".join(sorted(os.listdir(Path(job.dest)))) or "nothing"
+                folder = converter._format_source(self.assignment, student)
+                found = ", ".join(sorted(os.listdir(folder))) or "nothing"
                 self._placeholder(job, name, f"no {name}.ipynb was submitted (found: {found})")
                 continue
             try:
