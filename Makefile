@@ -18,8 +18,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $@
 
+# The main job: the students' training demo, then the instructors' grading demo.
 demo: $(STAMP)
 	$(BIN)/python -m npfl_lib demo
+	$(BIN)/npfl-course demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

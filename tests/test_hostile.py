@@ -25,6 +25,7 @@ from npfl_course.course import generate_assignment, load_course
 from npfl_course.demo import tiny_course
 from npfl_course.sandbox import Limits, sandbox_available
 
+pytestmark = pytest.mark.filterwarnings("ignore::nbformat.warnings.DuplicateCellId")
 LIMITS = Limits(notebook_seconds=90, cell_seconds=4, memory_mb=2048, max_processes=64)
 POINTS = {"test_add": 1, "test_mul": 2, "test_square": 1}
 WRONG_MUL = "def mul(a, b):\n    return a + b"
@@ -70,7 +71,7 @@ def _id(cell) -> str | None:
 
 
 def _submissions(course_dir: Path, port: int, outside: Path) -> dict[str, object]:
-    """student -> a notebook, or raw text (bytes) for unreadable files."""
+    """student -> a notebook, bytes for an unreadable one, or {file name: bytes}."""
     release = nbformat.read(course_dir / "release" / "tiny" / "tiny.ipynb", 4)
     source = nbformat.read(course_dir / "source" / "tiny" / "tiny.ipynb", 4)
     full = make_submission(release, source)
@@ -120,6 +121,7 @@ def _submissions(course_dir: Path, port: int, outside: Path) -> dict[str, object
         "invalid_json": b'{"cells": [',
         "empty_file": b"",
         "not_a_notebook": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
+        "no_notebook_at_all": {"homework.pdf": b"%PDF-1.4"},
         "gigantic_output": _insert_after(
             full, "mul", "for i in range(200_000):\n    print('spam', i)\nprint('x' * 10**7)"
         ),
@@ -184,6 +186,7 @@ EXPECTED = {
     "invalid_json": {t: "not valid JSON" for t in POINTS},
     "empty_file": {t: "the file is empty" for t in POINTS},
     "not_a_notebook": {t: "SubmissionError" for t in POINTS},
+    "no_notebook_at_all": {t: "no tiny.ipynb was submitted (found: homework.pdf)" for t in POINTS},
     "gigantic_output": {},
     "patch_showtraceback": {"test_mul": TAMPER, "test_square": "showtraceback"},
     "patch_builtins": {"test_mul": TAMPER, "test_square": "builtins.AssertionError"},
@@ -218,6 +221,9 @@ def batch(tmp_path_factory):
         folder.mkdir(parents=True)
         if isinstance(notebook, bytes):
             (folder / "tiny.ipynb").write_bytes(notebook)
+        elif isinstance(notebook, dict) and "cells" not in notebook:  # other files only
+            for name, data in notebook.items():
+                (folder / name).write_bytes(data)
         else:
             nbformat.write(notebook, folder / "tiny.ipynb")
     before = _hash(course_dir)
