@@ -314,8 +314,9 @@ class _Guard:
         }
         spaces: list[tuple[str, Any]] = [("builtins", builtins)]
         for name, module in self.modules.items():
-            if name in PROTECTED_NAMESPACES or name.split(".")[0] in ("npfl_lib", "npfl_course"):
+            if name.split(".")[0] in ("npfl_lib", "npfl_course"):
                 spaces.append((name, module))
+        spaces += [(n, sys.modules[n]) for n in PROTECTED_NAMESPACES if n in sys.modules]
         for owner in ("torch.Tensor", "torch.nn.Module"):
             module, _, attr = owner.rpartition(".")
             if module in self.modules:

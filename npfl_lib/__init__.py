@@ -3,7 +3,11 @@
 From-scratch, torch-exact implementations of what the lecture teaches, small enough
 to read: activations, losses and their gradients (``functional``), initializers
 (``init``), optimizers (``optim``), gradient clipping (``clip``), metrics
-(``metrics``), an MLP (``nn``) and a hand-written backward pass (``manual``).
+(``metrics``), an MLP (``nn``) and a hand-written backward pass (``manual``); and
+the tools the notebooks and assignments train with: ``Trainer`` with its callbacks
+``EarlyStopping`` and ``KeepBestWeights``, ``set_seed``, data sets (``datasets``),
+ensembling (``ensemble``), training-curve plots (``plots``) and the assignments' test
+helpers (``npfl_lib.grading``, imported on demand).
 """
 
 from . import clip, datasets, ensemble, functional, init, manual, metrics, nn, optim, plots
