@@ -402,8 +402,10 @@ def merge(prepared, executed: dict | None, result: SandboxResult | None, limits:
             count = cells[index].get("execution_count")
             cell.execution_count = count if isinstance(count, int) else None
             timing = (cells[index].get("metadata") or {}).get("execution")
-            if isinstance(timing, dict) and all(isinstance(v, str) for v in timing.values()):
-                cell.metadata["execution"] = {k: v[:40] for k, v in timing.items()}
+            if isinstance(timing, dict):  # nbclient's two timestamps, nothing else
+                keys = ("iopub.execute_input", "shell.execute_reply")
+                kept = {k: timing[k][:40] for k in keys if isinstance(timing.get(k), str)}
+                cell.metadata["execution"] = kept
             continue
         if stopped is None:
             stopped = index

@@ -92,6 +92,17 @@ def check_close(
             shape, dtype or device, or the first mismatching index with both values
             and the relative error.
     """
+    for role, value in (("actual", actual), ("expected", expected)):
+        # A tensor subclass can override __torch_function__ and make any comparison
+        # come out true, so only plain tensors (and parameters) are compared.
+        if isinstance(value, torch.Tensor) and type(value) not in (
+            torch.Tensor,
+            torch.nn.Parameter,
+        ):
+            raise AssertionError(
+                f"{name}: the {role} value must be a plain torch.Tensor, "
+                f"got the subclass {_describe(value)}"
+            )
     if isinstance(expected, torch.Tensor):
         if not isinstance(actual, torch.Tensor):
             raise AssertionError(f"{name} must be a torch.Tensor, got {_describe(actual)}")

@@ -1,4 +1,6 @@
-"""Tests of the tests: every assignment under assignments/, graded by real nbgrader.
+"""Tests of the tests: every assignment under assignments/, graded by real nbgrader
+(through ``npfl_course.check``, the machinery of ``npfl-course check``, which autogrades
+with ``npfl-course autograde``: nbgrader's converter and gradebook, sandboxed workers).
 
 For each assignment (parametrized by name, so ``-k losses_and_gradients`` selects one):
 
@@ -14,7 +16,7 @@ For each assignment (parametrized by name, so ``-k losses_and_gradients`` select
 A submission is the release with the solutions filled in from the source except for
 the cells of its variants. Variants that cannot affect each other's judging cells share
 a submission (``NPFL_GRADING_GROUP=0``: one submission per variant); see
-nbgrader_harness.py. All submissions of an assignment are autograded in one go, by
+npfl_course/check.py. All submissions of an assignment are autograded in one go, by
 the first test that needs the grades. Cheap static checks come first: clean notebooks
 with schema-3 metadata, unique grade_ids, every call of a graded function under
 ``forbid`` and ``time_limit``, and complete variants. The times per assignment are
@@ -29,8 +31,9 @@ from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import nbformat
-import nbgrader_harness as harness
 import pytest
+
+from npfl_course import check as harness
 
 NAMES = harness.discover()
 MAX_AUTOGRADE_S = 60  # per notebook on a 2-core CPU (the issue's budget)
@@ -84,7 +87,7 @@ def graded(request, tmp_path_factory, pytestconfig):
     """``graded(name)``: the assignment autograded (once per test session).
 
     The first call starts grading every assignment that the selected tests need, side
-    by side (see nbgrader_harness.jobs()), so one assignment's generation overlaps
+    by side (see npfl_course.check.jobs()), so one assignment's generation overlaps
     another's autograding; each call waits for its own assignment.
     """
     reporter = pytestconfig.pluginmanager.getplugin("terminalreporter")

@@ -408,3 +408,15 @@ def test_warnings_go_to_stdout_so_nbgrader_does_not_zero_the_cell(capsys):
     captured = capsys.readouterr()
     assert "harmless deprecation" in captured.out
     assert captured.err == ""
+
+
+def test_check_close_rejects_tensor_subclasses_that_could_fake_equality():
+    class AlwaysClose(torch.Tensor):
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            return torch.tensor(True)
+
+    fake = torch.zeros(3).as_subclass(AlwaysClose)
+    with pytest.raises(AssertionError, match="plain torch.Tensor"):
+        check_close(fake, torch.ones(3))
+    check_close(torch.nn.Parameter(torch.ones(3)), torch.ones(3))
