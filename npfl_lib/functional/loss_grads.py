@@ -21,12 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import (
-    check_float_tensor,
-    check_reduction,
-    check_same_shape,
-)
-from .losses import _check_cross_entropy_args, _log_softmax
+from .losses import _check_cross_entropy_args, _check_elementwise_args, _log_softmax
 
 __all__ = [
     "mse_loss_grad",
@@ -72,10 +67,7 @@ def mse_loss_grad(
         TypeError: If input or target is not a float tensor.
         ValueError: If the shapes differ or reduction is unknown.
     """
-    check_float_tensor("input", input)
-    check_float_tensor("target", target)
-    check_same_shape("input", input, "target", target)
-    check_reduction(reduction)
+    _check_elementwise_args(input, target, reduction)
     grad = 2 * (input - target)
     if reduction == "mean":
         grad = grad / input.numel()
@@ -167,10 +159,7 @@ def binary_cross_entropy_with_logits_grad(
         TypeError: If input or target is not a float tensor.
         ValueError: If the shapes differ or reduction is unknown.
     """
-    check_float_tensor("input", input)
-    check_float_tensor("target", target)
-    check_same_shape("input", input, "target", target)
-    check_reduction(reduction)
+    _check_elementwise_args(input, target, reduction)
     grad = _sigmoid(input) - target
     if reduction == "mean":
         grad = grad / input.numel()

@@ -68,6 +68,14 @@ def _log_sigmoid(x: torch.Tensor) -> torch.Tensor:
     return -_softplus(-x)
 
 
+def _check_elementwise_args(input: torch.Tensor, target: torch.Tensor, reduction: str) -> None:
+    """Checks an element-wise loss's arguments: float tensors of one shape, a reduction."""
+    check_float_tensor("input", input)
+    check_float_tensor("target", target)
+    check_same_shape("input", input, "target", target)
+    check_reduction(reduction)
+
+
 def _class_dim(input: torch.Tensor) -> int:
     """The class dimension: 0 for an unbatched ``[C]`` input, otherwise 1."""
     return 0 if input.dim() == 1 else 1
@@ -193,10 +201,7 @@ def mse_loss(input: torch.Tensor, target: torch.Tensor, reduction: str = "mean")
         TypeError: If input or target is not a float tensor.
         ValueError: If the shapes differ or reduction is unknown.
     """
-    check_float_tensor("input", input)
-    check_float_tensor("target", target)
-    check_same_shape("input", input, "target", target)
-    check_reduction(reduction)
+    _check_elementwise_args(input, target, reduction)
     return _reduce((input - target) ** 2, reduction)
 
 
@@ -222,10 +227,7 @@ def huber_loss(
         TypeError: If input or target is not a float tensor.
         ValueError: If the shapes differ, delta <= 0 or reduction is unknown.
     """
-    check_float_tensor("input", input)
-    check_float_tensor("target", target)
-    check_same_shape("input", input, "target", target)
-    check_reduction(reduction)
+    _check_elementwise_args(input, target, reduction)
     check_in_range("delta", delta, 0.0, float("inf"), low_inclusive=False)
     z = (input - target).abs()
     loss = torch.where(z < delta, 0.5 * z * z, delta * (z - 0.5 * delta))
@@ -353,10 +355,7 @@ def binary_cross_entropy(
         ValueError: If the shapes differ, a value of input or target lies outside
             [0, 1] (or is nan), or reduction is unknown.
     """
-    check_float_tensor("input", input)
-    check_float_tensor("target", target)
-    check_same_shape("input", input, "target", target)
-    check_reduction(reduction)
+    _check_elementwise_args(input, target, reduction)
     for name, tensor in (("input", input), ("target", target)):
         if not bool(((tensor >= 0) & (tensor <= 1)).all()):
             raise ValueError(f"every element of {name} must lie in [0, 1]")
@@ -391,8 +390,5 @@ def binary_cross_entropy_with_logits(
         TypeError: If input or target is not a float tensor.
         ValueError: If the shapes differ or reduction is unknown.
     """
-    check_float_tensor("input", input)
-    check_float_tensor("target", target)
-    check_same_shape("input", input, "target", target)
-    check_reduction(reduction)
+    _check_elementwise_args(input, target, reduction)
     return _reduce((1 - target) * input - _log_sigmoid(input), reduction)
