@@ -26,7 +26,9 @@ printed (``-rP`` or ``-s`` shows them); the source notebook must execute in 60 s
 from __future__ import annotations
 
 import ast
+import contextlib
 import os
+import traceback
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -40,6 +42,7 @@ MAX_AUTOGRADE_S = 60  # per notebook on a 2-core CPU (the issue's budget)
 KINDS = harness.KINDS
 _REPORTED: set[str] = set()
 _PLANS: dict[str, harness.Plan] = {}
+_PLAN_ERRORS: dict[str, str] = {}  # name -> traceback of a plan that could not be made
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -74,6 +77,7 @@ def _submissions(name: str):
         try:
             students = _plan(name).students
         except Exception:  # a broken variants.py: test_variants_are_complete reports it
+            _PLAN_ERRORS[name] = traceback.format_exc()
             return submissions
         for student, replace in students.items():
             submissions[student] = harness.make_submission(release, source, replace)
@@ -99,6 +103,9 @@ def graded(request, tmp_path_factory, pytestconfig):
             and "name" in getattr(getattr(item, "callspec", None), "params", {})
         }
     )
+    for name in selected:  # plans are made here, in one thread, before any grading starts
+        with contextlib.suppress(Exception):  # _submissions records the error
+            _plan(name)
     pool = ThreadPoolExecutor(max_workers=max(len(selected), 1))
     futures: dict[str, Future] = {}
 
@@ -296,7 +303,10 @@ def _lost(graded: harness.Graded, student: str, tests=None) -> dict[str, tuple]:
     if tests is None:
         tests = harness.autograded_tests(_source(graded.name))
     scores = graded.scores.get(student)
-    assert scores is not None, f"nbgrader graded no submission {graded.failure_log(student)}"
+    plan_error = _PLAN_ERRORS.get(graded.name, "")
+    assert scores is not None, (
+        f"nbgrader graded no submission {graded.failure_log(student)}{plan_error}"
+    )
     return {g: scores[g] for g in tests if scores[g][0] is None or scores[g][0] < scores[g][1]}
 
 
