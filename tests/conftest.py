@@ -16,3 +16,12 @@ def device(request) -> torch.device:
 def generator() -> torch.Generator:
     """A seeded CPU generator, so random test inputs are reproducible."""
     return torch.Generator().manual_seed(0)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Keeps each phase's report on the item (``item.rep_call``), for fixtures that keep
+    artifacts of failed tests (tests/test_browser.py)."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
