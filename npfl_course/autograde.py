@@ -27,12 +27,17 @@ through nbgrader's ``Autograde`` converter in three phases:
 The gradebook is whatever ``CourseDirectory.db_url`` names (SQLite or Postgres). As with
 nbgrader, a submission already in ``autograded/`` is skipped unless ``force`` is set or
 it was resubmitted (a newer ``timestamp.txt``), so running again is idempotent.
+
+The parts: :mod:`npfl_course.autograde_restore` (phase 1's :class:`RestoreCells` and
+reading submissions), :mod:`npfl_course.autograde_nbgrader` (nbgrader's converter, phase
+by phase), :mod:`npfl_course.autograde_merge` (phase 3's merging of the executed
+outputs), :mod:`npfl_course.autograde_outcome` (:class:`Outcome`, :class:`Report`); this
+module schedules the submissions through the phases (:class:`Autograder`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import glob
 import json
 import logging
@@ -42,425 +47,32 @@ import shutil
 import sys
 import tempfile
 import time
-import types
 import warnings
-from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
 import nbformat.warnings
-from nbconvert.preprocessors import ExecutePreprocessor
 from nbconvert.writers import FilesWriter
 from nbgrader import utils
 from nbgrader.api import MissingEntry
-from nbgrader.converters import Autograde, BaseConverter, NbGraderException
+from nbgrader.converters import BaseConverter, NbGraderException
 from nbgrader.coursedir import CourseDirectory
-from nbgrader.preprocessors import DeduplicateIds, NbGraderPreprocessor
 
+from npfl_course.autograde_merge import MAX_EXECUTED_BYTES as MAX_EXECUTED_BYTES
+from npfl_course.autograde_merge import OUTPUT_TYPES as OUTPUT_TYPES
+from npfl_course.autograde_merge import _read_executed, death_reason, fail_all, merge
+from npfl_course.autograde_nbgrader import _Converter, _faster_nbgrader, _NoteHandler
+from npfl_course.autograde_outcome import GRADER_ERRORS as GRADER_ERRORS
+from npfl_course.autograde_outcome import Outcome, Report, lost_tests, stopped_cells
+from npfl_course.autograde_restore import RestoreCells as RestoreCells
+from npfl_course.autograde_restore import _first_line, _read_submitted
 from npfl_course.course import Course
 from npfl_course.execute import META_KEY
-from npfl_course.sandbox import Limits, SandboxResult, run_sandboxed, sandbox_available
+from npfl_course.sandbox import Limits, run_sandboxed, sandbox_available
 
 PENDING = ".npfl-autograde-pending"  # in autograded/<student>/<assignment>/ until saved
-MAX_EXECUTED_BYTES = 64 << 20  # a worker's output notebook larger than this is not read
-OUTPUT_TYPES = {"stream", "display_data", "execute_result", "error"}
-GRADER_ERRORS = {"CellTimeoutError", "DeadKernelError", "GradingTamperError"}
-
-
-@dataclass
-class Outcome:
-    """What happened to one submission.
-
-    Attributes:
-        student (str): The student id.
-        status (str): ``"graded"``, ``"failed"`` (could not be graded; see ``notes``) or
-            ``"skipped"`` (already autograded).
-        score (float | None): The total score in the gradebook after grading.
-        max_score (float | None): The maximum score.
-        lost (dict[str, str]): Test cells that lost points -> the reason (first error).
-        notes (list[str]): Other readable remarks (restored cells, unreadable notebook, ...).
-        seconds (float): Wall-clock time from preparing to saving.
-    """
-
-    student: str
-    status: str
-    score: float | None = None
-    max_score: float | None = None
-    lost: dict[str, str] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-
-@dataclass
-class Report:
-    """The outcomes of one ``autograde`` run, one per submission considered."""
-
-    assignment: str
-    outcomes: list[Outcome]
-    seconds: float
-    jobs: int
-    sandboxed: bool
-
-    def count(self, status: str) -> int:
-        return sum(outcome.status == status for outcome in self.outcomes)
-
-    def summary(self, details: bool = True) -> str:
-        """A readable summary: counts, then one line per submission with its reasons."""
-        isolation = "bubblewrap sandbox" if self.sandboxed else "limits only, NOT isolated"
-        lines = [
-            f"autograde {self.assignment}: {len(self.outcomes)} submission(s) in "
-            f"{self.seconds:.1f} s with {self.jobs} job(s) ({isolation})",
-            f"  graded: {self.count('graded')}, failed: {self.count('failed')}, "
-            f"skipped: {self.count('skipped')}",
-        ]
-        for outcome in self.outcomes:
-            if not details and outcome.status != "failed":
-                continue  # the short summary still says why each failure failed
-            score = f"{outcome.score:g}/{outcome.max_score:g}" if outcome.score is not None else "-"
-            lines.append(f"  {outcome.student:<24} {outcome.status:<8} {score}")
-            for grade_id, reason in outcome.lost.items():
-                lines.append(f"      {grade_id}: {reason}")
-            lines += [f"      note: {note}" for note in outcome.notes]
-        return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------
-# Phase 1 helpers: putting the cells back as the assignment has them
-# ----------------------------------------------------------------------------------
-
-
-def _grade_id(cell) -> str | None:
-    return cell.metadata.get("nbgrader", {}).get("grade_id")
-
-
-class RestoreCells(NbGraderPreprocessor):
-    """Makes the nbgrader cells of a submission match the gradebook, before OverwriteCells.
-
-    Cells whose grade_id the gradebook does not know lose their nbgrader metadata (they
-    are the student's own cells). Known cells get their kind (grade, solution, locked,
-    task) and points back. Locked cells (read-only and test cells) that were deleted are
-    added back, and the assignment's cells are put back in the assignment's order, each
-    followed by the student's own cells that followed it. Every change is noted in
-    ``resources["npfl_notes"]``. The order comes from ``resources["npfl_reference"]``
-    (the released notebook) when given.
-    """
-
-    def preprocess(self, nb, resources):
-        from nbgrader.api import Gradebook
-
-        info = resources["nbgrader"]
-        notes = resources.setdefault("npfl_notes", [])
-        with Gradebook(info["db_url"]) as gradebook:
-            notebook = gradebook.find_notebook(info["notebook"], info["assignment"])
-            kinds = {
-                "grade": {cell.name for cell in notebook.grade_cells},
-                "solution": {cell.name for cell in notebook.solution_cells},
-                "task": {cell.name for cell in notebook.task_cells},
-            }
-            points = {c.name: c.max_score for c in notebook.grade_cells + notebook.task_cells}
-            source = {c.name: (c.cell_type, c.locked, c.source) for c in notebook.source_cells}
-        known = set(source).union(*kinds.values())
-        reference = resources.get("npfl_reference")
-        order = [_grade_id(c) for c in reference.cells] if reference else list(source)
-        order = [name for name in order if name in known]
-        order += [name for name in source if name not in order]
-        by_name = {_grade_id(c): c for c in reference.cells if _grade_id(c)} if reference else {}
-        for cell in nb.cells:
-            name = _grade_id(cell)
-            if name is None or name not in known:
-                if name is not None:
-                    notes.append(f"cell {name!r} is not part of the assignment: plain code")
-                cell.metadata.pop("nbgrader", None)  # the student's own cell
-                continue
-            expected = {kind: name in names for kind, names in kinds.items()}
-            expected["locked"] = bool(source.get(name, (None, False))[1])
-            meta = cell.metadata["nbgrader"]
-            changed = any(bool(meta.get(kind)) != value for kind, value in expected.items())
-            if name in points:
-                changed |= "points" in meta and meta["points"] != points[name]
-                expected["points"] = points[name]
-            else:
-                meta.pop("points", None)
-            meta.update(expected, schema_version=3)
-            if changed:
-                notes.append(f"the nbgrader settings of cell {name!r} were changed; restored")
-            original = by_name.get(name)
-            pristine = (original.source if original else None, source.get(name, (0, 0, None))[2])
-            if expected["locked"] and original is not None and cell.source not in pristine:
-                notes.append(f"locked cell {name!r} was edited; the original was restored")
-        present = {_grade_id(cell) for cell in nb.cells}
-        for name in order:
-            if name in present:
-                continue
-            cell_type, locked, text = source.get(name, ("code", False, ""))
-            if not locked:
-                notes.append(f"cell {name!r} (the student's answer) was deleted")
-                continue
-            restored = copy.deepcopy(by_name.get(name))
-            if restored is None:
-                make = (
-                    nbformat.v4.new_code_cell
-                    if cell_type == "code"
-                    else (nbformat.v4.new_markdown_cell)
-                )
-                restored = make(text)
-                restored.metadata["nbgrader"] = {"grade_id": name, "schema_version": 3}
-                flags = {kind: name in names for kind, names in kinds.items()}
-                restored.metadata["nbgrader"].update(flags, locked=True)
-                if name in points:
-                    restored.metadata["nbgrader"]["points"] = points[name]
-            nb.cells.append(restored)
-            notes.append(f"locked cell {name!r} was deleted; the original was put back")
-        self._reorder(nb, order, notes)
-        return nb, resources
-
-    @staticmethod
-    def _reorder(nb, order: list[str], notes: list[str]) -> None:
-        rank = {name: index for index, name in enumerate(order)}
-        groups: list[list] = [[]]
-        for cell in nb.cells:
-            if _grade_id(cell) in rank:
-                groups.append([cell])
-            else:
-                groups[-1].append(cell)  # the student's cell stays after its predecessor
-        head, body = groups[0], groups[1:]
-        ordered = sorted(body, key=lambda group: rank[_grade_id(group[0])])
-        if ordered != body:
-            notes.append("cells were moved; they ran in the assignment's order")
-        nb.cells = head + [cell for group in ordered for cell in group]
-
-
-class _Converter(Autograde):
-    """nbgrader's Autograde converter, driven one submission and one phase at a time."""
-
-    def _init_preprocessors(self) -> None:
-        self.exporter._preprocessors = []
-        if self._sanitizing:
-            steps = list(self.sanitize_preprocessors)
-            after = [i + 1 for i, step in enumerate(steps) if issubclass(step, DeduplicateIds)]
-            steps.insert(after[0] if after else 0, RestoreCells)
-        else:  # the notebook was executed in the sandbox already
-            steps = [s for s in self.autograde_preprocessors if not _is_execute(s)]
-        for step in steps:
-            self.exporter.register_preprocessor(step)
-
-
-def _is_execute(step) -> bool:
-    return isinstance(step, type) and issubclass(step, ExecutePreprocessor)
-
-
-@contextlib.contextmanager
-def _faster_nbgrader() -> Iterator[None]:
-    """Two caches for what nbgrader rebuilds for every submission, inside the block.
-
-    nbgrader opens a new ``Gradebook`` (a new SQLAlchemy engine, whose SQL it then
-    compiles afresh) a dozen times per submission, and validates cell metadata with
-    ``jsonschema.validate``, which checks the schema itself every time. Here one engine
-    per database URL is reused and the validator is built once; the results are the same.
-    """
-    import jsonschema
-    from nbgrader import api
-    from nbgrader.nbgraderformat import common
-
-    engines: dict[tuple, object] = {}
-    validators: dict[int, object] = {}
-    create = api.create_engine
-
-    def create_engine(url, *args, **kwargs):
-        key = (str(url), *args, *sorted(kwargs.items()))
-        if key not in engines:
-            engines[key] = create(url, *args, **kwargs)
-        return engines[key]
-
-    def validate(instance, schema):
-        if id(schema) not in validators:
-            validators[id(schema)] = jsonschema.validators.validator_for(schema)(schema)
-        error = jsonschema.exceptions.best_match(validators[id(schema)].iter_errors(instance))
-        if error is not None:
-            raise error
-
-    cached = types.SimpleNamespace(**{**vars(jsonschema), "validate": validate})
-    api.create_engine, common.jsonschema = create_engine, cached
-    try:
-        yield
-    finally:
-        api.create_engine, common.jsonschema = create, jsonschema
-        for engine in engines.values():
-            engine.dispose()
-
-
-def _read_submitted(path: str) -> nbformat.NotebookNode:
-    """The submitted notebook, or ValueError with a readable reason."""
-    try:
-        text = Path(path).read_bytes().decode("utf-8")
-    except UnicodeDecodeError:
-        raise ValueError("it is not a text file (not a Jupyter notebook)") from None
-    if not text.strip():
-        raise ValueError("the file is empty")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"it is not valid JSON ({exc})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
-        raise ValueError("it is not a Jupyter notebook (no list of cells)")
-    try:
-        notebook = nbformat.reads(text, as_version=4)
-        nbformat.validate(notebook)
-    except Exception as exc:  # nbformat raises several kinds
-        raise ValueError(f"it is not a valid Jupyter notebook ({_first_line(exc)})") from None
-    return notebook
-
-
-def _first_line(exc: BaseException, limit: int = 200) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:limit]
-
-
-# ----------------------------------------------------------------------------------
-# Phase 3 helpers: the executed outputs, merged into the prepared notebook
-# ----------------------------------------------------------------------------------
-
-
-def _error(ename: str, evalue: str) -> nbformat.NotebookNode:
-    return nbformat.v4.new_output("error", ename=ename, evalue=evalue,
-                                  traceback=[f"{ename}: {evalue}"])  # fmt: skip
-
-
-def _valid_output(output) -> bool:
-    if not isinstance(output, dict) or output.get("output_type") not in OUTPUT_TYPES:
-        return False
-    try:
-        nbformat.validator.validate(
-            nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(outputs=[output])])
-        )
-    except Exception:
-        return False
-    return True
-
-
-def _read_executed(path: Path) -> dict | None:
-    """The worker's output notebook, or None if missing, too large or not a notebook."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
-        return None
-    with os.fdopen(fd, "rb") as handle:
-        if not os.path.isfile(path) or os.fstat(handle.fileno()).st_size > MAX_EXECUTED_BYTES:
-            return None
-        try:
-            data = json.loads(handle.read().decode("utf-8"))
-        except (ValueError, UnicodeDecodeError):
-            return None
-    return data if isinstance(data, dict) and isinstance(data.get("cells"), list) else None
-
-
-def death_reason(result: SandboxResult | None, limits: Limits) -> str:
-    """Why a worker stopped before the end, for the feedback."""
-    if result is None:
-        return "the notebook could not be run"
-    if result.timed_out:
-        return f"time limit exceeded ({limits.notebook_seconds:g} s for the whole notebook)"
-    if result.memory_exceeded:
-        return f"memory limit exceeded ({limits.memory_mb} MB)"
-    if result.process_limit_hit:
-        return f"process limit exceeded ({limits.max_processes} processes)"
-    if result.returncode is not None and result.returncode < 0:
-        return f"the notebook's process was {result.reason or 'killed'}"
-    status = result.returncode or 0
-    return f"the notebook's process exited before the end (status {status}, e.g. os._exit)"
-
-
-def merge(prepared, executed: dict | None, result: SandboxResult | None, limits: Limits):
-    """The prepared notebook with the outputs of the cells the worker ran.
-
-    Only outputs and execution counts are taken from the worker (whose files the
-    submission could write to); sources and metadata stay the prepared ones. Code
-    cells the worker did not run get a ``DeadKernelError`` naming why.
-    """
-    notebook = copy.deepcopy(prepared)
-    cells = executed.get("cells") if executed else None
-    info = (executed or {}).get("metadata", {}).get(META_KEY, {})
-    ran = info.get("cells_run", 0) if isinstance(cells, list) else 0
-    if not isinstance(cells, list) or len(cells) != len(notebook.cells) or not isinstance(ran, int):
-        ran = 0
-    reason = death_reason(result, limits)
-    stopped = None
-    for index, cell in enumerate(notebook.cells):
-        if cell.cell_type != "code":
-            continue
-        if index < ran:
-            outputs = cells[index].get("outputs") if isinstance(cells[index], dict) else None
-            outputs = outputs if isinstance(outputs, list) else []
-            cell.outputs = [
-                nbformat.from_dict(out) if _valid_output(out) else _error(
-                    "OutputError", "the cell produced an output that is not valid nbformat"
-                )
-                for out in outputs
-            ]  # fmt: skip
-            count = cells[index].get("execution_count")
-            cell.execution_count = count if isinstance(count, int) else None
-            timing = (cells[index].get("metadata") or {}).get("execution")
-            if isinstance(timing, dict):  # nbclient's two timestamps, nothing else
-                keys = ("iopub.execute_input", "shell.execute_reply")
-                kept = {k: timing[k][:40] for k in keys if isinstance(timing.get(k), str)}
-                cell.metadata["execution"] = kept
-            continue
-        if stopped is None:
-            stopped = index
-            cell.outputs = [_error("DeadKernelError", f"this cell did not finish: {reason}")]
-        else:
-            message = f"not run: the notebook stopped in cell {stopped} ({reason})"
-            cell.outputs = [_error("DeadKernelError", message)]
-    return notebook
-
-
-def fail_all(notebook, ename: str, reason: str):
-    """``notebook`` with every code cell failing with ``reason`` (nothing was run)."""
-    notebook = copy.deepcopy(notebook)
-    for cell in notebook.cells:
-        if cell.cell_type == "code":
-            cell.outputs = [_error(ename, reason)]
-    return notebook
-
-
-def stopped_cells(notebook) -> list[str]:
-    """Notes on cells other than tests that hit a limit or tampered (tests are in ``lost``)."""
-    notes = []
-    for index, cell in enumerate(notebook.cells):
-        if cell.cell_type != "code" or utils.is_grade(cell):
-            continue
-        for output in cell.outputs:
-            if output.output_type == "error" and output.ename in GRADER_ERRORS:
-                if not output.evalue.startswith("not run"):
-                    notes.append(f"cell {index}: {output.ename}: {output.evalue}"[:300])
-    return notes
-
-
-def lost_tests(notebook) -> dict[str, str]:
-    """``{grade_id: reason}`` of the autograded test cells that did not get full points."""
-    lost = {}
-    for cell in notebook.cells:
-        if cell.cell_type != "code" or not utils.is_grade(cell) or utils.is_solution(cell):
-            continue
-        score, max_score = utils.determine_grade(cell)
-        if score is None or score >= max_score:
-            continue
-        errors = [o for o in cell.outputs if o.output_type == "error"]
-        if errors:
-            reason = f"{errors[-1].ename}: {errors[-1].evalue}"
-        elif any(o.output_type == "stream" and o.name == "stderr" for o in cell.outputs):
-            reason = "it wrote to stderr (nbgrader counts that as a failure)"
-        else:
-            reason = f"partial credit {score:g}/{max_score:g}"
-        lost[cell.metadata.nbgrader.grade_id] = reason.strip().splitlines()[0][:300]
-    return lost
-
-
-# ----------------------------------------------------------------------------------
-# The batch
-# ----------------------------------------------------------------------------------
 
 
 @dataclass
@@ -475,19 +87,6 @@ class _Job:
     results: dict[str, tuple] = field(default_factory=dict)  # notebook -> (executed, result)
     notes: list[str] = field(default_factory=list)
     start: float = field(default_factory=time.monotonic)
-
-
-class _NoteHandler(logging.Handler):
-    """Collects nbgrader's warnings about one submission (edited cells, ...) as notes."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.notes: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        if "Attribute 'checksum'" not in message:  # RestoreCells says which cells were edited
-            self.notes.append(message.strip()[:300])
 
 
 class Autograder:

@@ -370,7 +370,7 @@ def test_readonly_mounts_never_expose_the_course(workdir):
 def test_no_mount_above_the_workdir(workdir, monkeypatch):
     # e.g. a sys.path entry that holds the submissions: mounting it would show the others.
     above = {str(workdir.parent), str(workdir.parent.parent), sys.prefix}
-    monkeypatch.setattr(sandbox, "_python_paths", lambda: above)
+    monkeypatch.setattr("npfl_course.sandbox_bwrap._python_paths", lambda: above)
     mounts = [dst for _, dst in sandbox._readonly_mounts(str(workdir), [])]
     assert sys.prefix in mounts and str(workdir.parent) not in mounts
     assert str(workdir.parent.parent) not in mounts

@@ -1,0 +1,103 @@
+"""What ``npfl-course autograde`` reports: an Outcome per submission, the Report of a run.
+
+The reasons an outcome lists come from the graded notebook: :func:`lost_tests` (test
+cells that lost points) and :func:`stopped_cells` (other cells that hit a limit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nbgrader import utils
+
+GRADER_ERRORS = {"CellTimeoutError", "DeadKernelError", "GradingTamperError"}
+
+
+@dataclass
+class Outcome:
+    """What happened to one submission.
+
+    Attributes:
+        student (str): The student id.
+        status (str): ``"graded"``, ``"failed"`` (could not be graded; see ``notes``) or
+            ``"skipped"`` (already autograded).
+        score (float | None): The total score in the gradebook after grading.
+        max_score (float | None): The maximum score.
+        lost (dict[str, str]): Test cells that lost points -> the reason (first error).
+        notes (list[str]): Other readable remarks (restored cells, unreadable notebook, ...).
+        seconds (float): Wall-clock time from preparing to saving.
+    """
+
+    student: str
+    status: str
+    score: float | None = None
+    max_score: float | None = None
+    lost: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class Report:
+    """The outcomes of one ``autograde`` run, one per submission considered."""
+
+    assignment: str
+    outcomes: list[Outcome]
+    seconds: float
+    jobs: int
+    sandboxed: bool
+
+    def count(self, status: str) -> int:
+        return sum(outcome.status == status for outcome in self.outcomes)
+
+    def summary(self, details: bool = True) -> str:
+        """A readable summary: counts, then one line per submission with its reasons."""
+        isolation = "bubblewrap sandbox" if self.sandboxed else "limits only, NOT isolated"
+        lines = [
+            f"autograde {self.assignment}: {len(self.outcomes)} submission(s) in "
+            f"{self.seconds:.1f} s with {self.jobs} job(s) ({isolation})",
+            f"  graded: {self.count('graded')}, failed: {self.count('failed')}, "
+            f"skipped: {self.count('skipped')}",
+        ]
+        for outcome in self.outcomes:
+            if not details and outcome.status != "failed":
+                continue  # the short summary still says why each failure failed
+            score = f"{outcome.score:g}/{outcome.max_score:g}" if outcome.score is not None else "-"
+            lines.append(f"  {outcome.student:<24} {outcome.status:<8} {score}")
+            for grade_id, reason in outcome.lost.items():
+                lines.append(f"      {grade_id}: {reason}")
+            lines += [f"      note: {note}" for note in outcome.notes]
+        return "\n".join(lines)
+
+
+def stopped_cells(notebook) -> list[str]:
+    """Notes on cells other than tests that hit a limit or tampered (tests are in ``lost``)."""
+    notes = []
+    for index, cell in enumerate(notebook.cells):
+        if cell.cell_type != "code" or utils.is_grade(cell):
+            continue
+        for output in cell.outputs:
+            if output.output_type == "error" and output.ename in GRADER_ERRORS:
+                if not output.evalue.startswith("not run"):
+                    notes.append(f"cell {index}: {output.ename}: {output.evalue}"[:300])
+    return notes
+
+
+def lost_tests(notebook) -> dict[str, str]:
+    """``{grade_id: reason}`` of the autograded test cells that did not get full points."""
+    lost = {}
+    for cell in notebook.cells:
+        if cell.cell_type != "code" or not utils.is_grade(cell) or utils.is_solution(cell):
+            continue
+        score, max_score = utils.determine_grade(cell)
+        if score is None or score >= max_score:
+            continue
+        errors = [o for o in cell.outputs if o.output_type == "error"]
+        if errors:
+            reason = f"{errors[-1].ename}: {errors[-1].evalue}"
+        elif any(o.output_type == "stream" and o.name == "stderr" for o in cell.outputs):
+            reason = "it wrote to stderr (nbgrader counts that as a failure)"
+        else:
+            reason = f"partial credit {score:g}/{max_score:g}"
+        lost[cell.metadata.nbgrader.grade_id] = reason.strip().splitlines()[0][:300]
+    return lost

@@ -1,0 +1,274 @@
+"""The worker's guard against tampering with the grading environment.
+
+Part of the worker (:mod:`npfl_course.execute`): after every cell, :class:`_Guard`
+compares the grading environment with a snapshot taken before any student code ran
+(builtins, the protected modules and namespaces, the code of their functions, the
+IPython shell's methods, hooks and transformers, trace and profile functions, and the
+names the assignment's locked cells bound) and names the first difference; it can put
+the snapshot back. Adding audit hooks is refused (:func:`_refuse_audit_hooks`).
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import contextlib
+import sys
+import threading
+import types
+from typing import Any
+
+_MISSING = object()
+
+PROTECTED_ROOTS = ("npfl_lib", "npfl_course", "torch", "numpy", "IPython")
+# Namespaces whose existing entries must keep their identity (besides builtins and npfl_*).
+PROTECTED_NAMESPACES = (
+    "torch", "torch.nn", "torch.nn.functional", "torch.autograd", "numpy",
+    "os", "sys", "json", "signal", "threading", "time", "io", "contextlib",
+)  # fmt: skip
+# Where stdlib modules' state changes legitimately (sys.stdout, sys.last_value, ...).
+VOLATILE = {"sys": {"stdout", "stderr", "stdin", "displayhook", "excepthook", "ps1", "ps2",
+                    "last_type", "last_value", "last_traceback", "last_exc", "tracebacklimit",
+                    "path_importer_cache", "_jit"}}  # fmt: skip
+# IPython shell attributes whose replacement on the instance would change what a cell does.
+SHELL_METHODS = (
+    "run_cell", "run_cell_async", "_run_cell", "run_ast_nodes", "run_code", "showtraceback",
+    "_showtraceback", "showsyntaxerror", "showindentationerror", "transform_cell",
+    "transform_ast", "should_run_async", "_get_exc_info", "get_exception_only", "excepthook",
+)  # fmt: skip
+# Event callbacks the shell's own machinery (e.g. matplotlib's inline backend) registers.
+TRUSTED_CALLBACK_MODULES = ("IPython", "ipykernel", "matplotlib", "matplotlib_inline")
+
+# Bound at import, before any student code.
+_BUILTINS = builtins.__dict__
+
+
+def _is_protected_value(value: Any) -> bool:
+    """Modules, and functions or classes of the protected packages and builtins."""
+    if isinstance(value, types.ModuleType):
+        return True
+    kinds = (types.FunctionType, types.BuiltinFunctionType, type)
+    if not isinstance(value, kinds):
+        return False
+    module = getattr(value, "__module__", None) or ""
+    return module.split(".")[0] in (*PROTECTED_ROOTS, "builtins")
+
+
+def _functions(namespace: dict) -> list[types.FunctionType]:
+    found = []
+    for value in namespace.values():
+        for inner in (value, getattr(value, "__func__", None), getattr(value, "fget", None)):
+            if isinstance(inner, types.FunctionType):
+                found.append(inner)
+    return found
+
+
+def bound_names(source: str) -> set[str] | None:
+    """Names a cell binds at its top level (assignments, imports, defs), None if unparsable."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return None
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            names.add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.alias):
+            names.add((node.asname or node.name).split(".")[0])
+        elif isinstance(node, (ast.Global, ast.Nonlocal)):
+            names.update(node.names)
+    return names
+
+
+class _Guard:
+    """A snapshot of the grading environment, and the first difference from it."""
+
+    def __init__(self, shell) -> None:
+        self.shell = shell
+        self.sys_modules = sys.modules
+        self.meta_path = list(sys.meta_path)
+        self.modules = {
+            name: module
+            for name, module in sys.modules.items()
+            if name.split(".")[0] in PROTECTED_ROOTS
+        }
+        spaces: list[tuple[str, Any]] = [("builtins", builtins)]
+        for name, module in self.modules.items():
+            if name.split(".")[0] in ("npfl_lib", "npfl_course"):
+                spaces.append((name, module))
+        spaces += [(n, sys.modules[n]) for n in PROTECTED_NAMESPACES if n in sys.modules]
+        for owner in ("torch.Tensor", "torch.nn.Module"):
+            module, _, attr = owner.rpartition(".")
+            if module in self.modules:
+                spaces.append((owner, getattr(self.modules[module], attr)))
+        spaces += [(cls.__qualname__, cls) for cls in type(shell).__mro__[:2]]
+        self.spaces = [
+            (name, obj, {k: v for k, v in vars(obj).items() if k not in VOLATILE.get(name, ())})
+            for name, obj in spaces
+        ]
+        self.builtins = dict(_BUILTINS)
+        functions: dict[int, types.FunctionType] = {}
+        for name, _, saved in self.spaces:
+            for function in _functions(saved):
+                functions[id(function)] = function
+            if name.split(".")[0] in ("npfl_lib", "npfl_course"):  # and their classes' methods
+                for value in saved.values():
+                    if isinstance(value, type) and value.__module__.startswith(name):
+                        for function in _functions(dict(vars(value))):
+                            functions[id(function)] = function
+        self.functions = [(f, self._function_state(f)) for f in functions.values()]
+        self.hooks = self._hooks()
+        # torch wraps torch.manual_seed with torch._disable_dynamo when torch._dynamo is
+        # first imported (e.g. by an optimizer's step): such a wrapper calls the original.
+        disable = getattr(self.modules.get("torch"), "_disable_dynamo", None)
+        self.dynamo_code = disable(_noop).__code__ if callable(disable) else None
+        self.names: dict[str, Any] = {}  # __main__ names the assignment's cells bound
+        self.attempts: list[str] = []  # refused actions, reported by check()
+
+    def _benign(self, old: Any, new: Any) -> bool:
+        """Whether ``new`` is torch's own dynamo-disabling wrapper around ``old``."""
+        if not isinstance(new, types.FunctionType) or new.__code__ is not self.dynamo_code:
+            return False
+        closure = [cell.cell_contents for cell in new.__closure__ or () if not _empty(cell)]
+        return getattr(new, "__wrapped__", None) is old and any(c is old for c in closure)
+
+    @staticmethod
+    def _function_state(function: types.FunctionType) -> tuple:
+        cells = tuple(
+            _MISSING if _empty(cell) else cell.cell_contents for cell in function.__closure__ or ()
+        )
+        return function.__code__, function.__defaults__, function.__kwdefaults__, cells
+
+    def _hooks(self) -> dict[str, Any]:
+        shell = self.shell
+        transformers = getattr(shell, "input_transformer_manager", None)
+        return {
+            "the shell's display publisher": shell.display_pub,
+            "the shell's display hook": shell.displayhook,
+            "the shell's compiler": shell.compile,
+            "the shell's AST transformers": list(shell.ast_transformers),
+            "the shell's input transformers": list(getattr(shell, "input_transformers_post", [])),
+            "the shell's cleanup transformers": list(
+                getattr(transformers, "cleanup_transforms", [])
+            ),
+            "the shell's line transformers": list(getattr(transformers, "line_transforms", [])),
+            "the shell's custom exception handlers": tuple(shell.custom_exceptions),
+        }
+
+    def restore(self) -> None:
+        """Puts everything in the snapshot back (after tampering, before the worker saves)."""
+        sys.settrace(None)
+        sys.setprofile(None)
+        threading.settrace(None)
+        threading.setprofile(None)
+        sys.modules = self.sys_modules
+        sys.modules.update(self.modules)
+        for _, obj, saved in self.spaces:
+            current = vars(obj)
+            for key, value in saved.items():
+                if current.get(key, _MISSING) is not value:
+                    with contextlib.suppress(AttributeError, TypeError):
+                        setattr(obj, key, value)
+        for function, (code, defaults, kwdefaults, cells) in self.functions:
+            function.__code__, function.__defaults__ = code, defaults
+            function.__kwdefaults__ = kwdefaults
+            for cell, value in zip(function.__closure__ or (), cells, strict=False):
+                if value is not _MISSING:
+                    cell.cell_contents = value
+
+    def remember_names(self, namespace: dict, bound: set[str] | None) -> None:
+        """Called after a trusted (locked) cell: protects what it bound."""
+        for name in list(self.names) if bound is None else bound & set(self.names):
+            if not _is_protected_value(namespace.get(name)):
+                del self.names[name]
+        for name, value in namespace.items():
+            if (bound is None or name in bound) and _is_protected_value(value):
+                self.names[name] = value
+
+    def check(self, namespace: dict, allowed: set[str] | None) -> str | None:
+        """The first difference from the snapshot, as a readable phrase, or None.
+
+        ``allowed``: names the cell itself may rebind (a locked cell's own bindings;
+        None: any).
+        """
+        if self.attempts:
+            return self.attempts[0]
+        if sys.modules is not self.sys_modules:
+            return "sys.modules was replaced"
+        for name, module in self.modules.items():
+            if sys.modules.get(name, _MISSING) is not module:
+                return f"the module {name} in sys.modules was replaced or removed"
+        if sys.meta_path[: len(self.meta_path)] != self.meta_path:
+            return "sys.meta_path (the import machinery) was changed"
+        for name, obj, saved in self.spaces:
+            current = vars(obj)
+            for key, value in saved.items():
+                now = current.get(key, _MISSING)
+                if now is not value and not self._benign(value, now):
+                    return f"{name}.{key} was replaced or removed"
+        for function, state in self.functions:
+            if self._function_state(function) != state:
+                return f"the function {function.__module__}.{function.__qualname__} was modified"
+        if sys.gettrace() is not None or sys.getprofile() is not None:
+            return "a trace or profile function was installed (sys.settrace / sys.setprofile)"
+        if getattr(threading, "_trace_hook", None) or getattr(threading, "_profile_hook", None):
+            return "a trace or profile function was installed for threads"
+        monitoring = getattr(sys, "monitoring", None)
+        if monitoring is not None and any(monitoring.get_tool(i) for i in range(6)):
+            return "a sys.monitoring tool was registered"
+        hooks = self._hooks()
+        for what, saved in self.hooks.items():
+            now = hooks[what]
+            same = now is saved if not isinstance(saved, (list, tuple)) else _same_items(now, saved)
+            if not same:
+                return f"{what} were replaced" if what.endswith("s") else f"{what} was replaced"
+        shell_dict = vars(self.shell)
+        for method in SHELL_METHODS:
+            if method in shell_dict:
+                return f"the shell's method {method} was replaced"
+        for event, callbacks in self.shell.events.callbacks.items():
+            for callback in callbacks:
+                module = getattr(callback, "__module__", None) or ""
+                if module.split(".")[0] not in TRUSTED_CALLBACK_MODULES:
+                    return f"a callback was registered for the shell's {event!r} event"
+        for name, value in self.names.items():
+            if allowed is not None and name in allowed:
+                continue
+            if namespace.get(name, _MISSING) is not value:
+                return f"the name {name!r}, bound by the assignment's own cells, was rebound"
+        return None
+
+
+def _noop() -> None:
+    pass
+
+
+def _empty(cell) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018 - raises ValueError when the cell is empty
+    except ValueError:
+        return True
+    return False
+
+
+def _same_items(now, saved) -> bool:
+    return len(now) == len(saved) and all(a is b for a, b in zip(now, saved, strict=True))
+
+
+def _tamper_message(problem: str, index: int) -> str:
+    return (
+        f"the grading environment was modified in cell {index}: {problem}. Submissions must "
+        "not change the tests, the grading helpers or the libraries they use; the cells "
+        "after this one were not run"
+    )
+
+
+def _refuse_audit_hooks(attempts: list[str]) -> None:
+    def hook(event: str, args: tuple) -> None:
+        if event == "sys.addaudithook":
+            attempts.append("an audit hook was installed (sys.addaudithook)")
+            raise RuntimeError("audit hooks are not allowed while grading")
+
+    sys.addaudithook(hook)

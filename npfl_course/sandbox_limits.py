@@ -1,0 +1,111 @@
+"""The limits of a sandboxed command, and what it did: :class:`Limits`, :class:`SandboxResult`.
+
+:func:`_result` reads which limit a finished command hit (memory, processes, time) from
+its exit status and output, and words the reason for feedback.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+from dataclasses import dataclass
+
+# Error texts of a failed allocation: Python, numpy, torch, C++, and the dynamic loader
+# (importing a big extension module under RLIMIT_AS fails in mmap).
+_MEMORY_PATTERNS = re.compile(
+    r"MemoryError|Cannot allocate memory|can't allocate memory|Unable to allocate"
+    r"|std::bad_alloc|out of memory|failed to map segment from shared object"
+)
+_PROCESS_PATTERNS = re.compile(
+    r"Resource temporarily unavailable|can't start new thread|fork: retry|Cannot fork"
+)
+# Under RLIMIT_AS a failed stack or mmap growth ends in one of these signals.
+_MEMORY_SIGNALS = (signal.SIGSEGV, signal.SIGBUS)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of one sandboxed command.
+
+    Attributes:
+        notebook_seconds (float): Wall clock for the whole command, in seconds.
+        cell_seconds (float): Per-cell limit; not enforced here but passed on to the worker
+            that executes the notebook cell by cell.
+        memory_mb (int): Address-space limit (RLIMIT_AS) of every process, in MiB; also the
+            size of the private /tmp.
+        max_processes (int): Processes and threads the command may have at once.
+        network (bool): Whether the command may use the host's network.
+    """
+
+    notebook_seconds: float = 600.0
+    cell_seconds: float = 120.0
+    memory_mb: int = 2048
+    max_processes: int = 64
+    network: bool = False
+
+
+@dataclass
+class SandboxResult:
+    """What a sandboxed command did.
+
+    Attributes:
+        returncode (int | None): Exit status; ``-N`` when killed by signal N (bwrap reports
+            a signal as ``128 + N``, so an exit status above 128 also reads as ``-N``);
+            None when it was killed for exceeding the time limit.
+        stdout (str): Its standard output, truncated in the middle to MAX_OUTPUT_BYTES.
+        stderr (str): Its standard error, likewise.
+        timed_out (bool): It ran past ``limits.notebook_seconds`` and was killed.
+        memory_exceeded (bool): An allocation failed or it died of SIGSEGV/SIGBUS.
+        process_limit_hit (bool): A fork or thread failed for lack of processes (best effort).
+        sandboxed (bool): Whether bwrap isolated it (False in the fallback).
+        duration (float): Wall-clock seconds.
+        reason (str | None): Readable reason for feedback, None when it exited with 0.
+    """
+
+    returncode: int | None
+    stdout: str
+    stderr: str
+    timed_out: bool = False
+    memory_exceeded: bool = False
+    process_limit_hit: bool = False
+    sandboxed: bool = False
+    duration: float = 0.0
+    reason: str | None = None
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
+
+
+def _result(returncode, stdout, stderr, timed_out, limits, bwrap, duration, left):
+    output = stdout[-(1 << 16) :] + stderr[-(1 << 16) :]
+    memory = bool(_MEMORY_PATTERNS.search(output)) or (
+        returncode is not None and -returncode in _MEMORY_SIGNALS
+    )
+    processes = bool(_PROCESS_PATTERNS.search(output)) or left >= limits.max_processes
+    if timed_out:
+        reason = f"time limit exceeded ({limits.notebook_seconds:g} s)"
+    elif memory:
+        reason = f"memory limit exceeded ({limits.memory_mb} MB)"
+    elif processes and returncode != 0:
+        reason = f"process limit exceeded ({limits.max_processes} processes)"
+    elif returncode is not None and returncode < 0:
+        reason = f"killed by signal {_signal_name(-returncode)}"
+    elif returncode:
+        reason = f"exited with status {returncode}"
+    else:
+        reason = None
+    return SandboxResult(
+        returncode=returncode,
+        stdout=stdout,
+        stderr=stderr,
+        timed_out=timed_out,
+        memory_exceeded=memory,
+        process_limit_hit=processes,
+        sandboxed=bwrap is not None,
+        duration=duration,
+        reason=reason,
+    )

@@ -1,0 +1,181 @@
+"""The processes of a sandboxed command: its launcher, its uid, and killing what it started.
+
+The launcher (:data:`_LAUNCHER`) runs first, sets the rlimits and drops to the sandbox
+uid; as root each sandbox gets an unprivileged uid of its own (``UID_BASE + slot``, a
+file lock per uid, :func:`_private_uid`), its workdir is chowned to it while it runs,
+and at the end every process of that uid is killed (:func:`_kill_all`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import tempfile
+import time
+
+UID_BASE = 1_500_000_000  # unprivileged uids used when we are root: UID_BASE + slot
+UID_SLOTS = 4096
+
+# Runs first inside the sandbox (or as the fallback's child): drops to the unprivileged
+# uid, sets the limits, execs the command. Python rather than setpriv/prlimit so it works
+# wherever Python does; -I -S keeps its start-up around 10 ms.
+_LAUNCHER = r"""
+import ctypes, os, resource, sys  # all imports first: the uid below may not read them
+uid, nproc, mem, fsize = (int(v) for v in sys.argv[1:5])
+argv = sys.argv[5:]
+def limit(res, val):
+    hard = resource.getrlimit(res)[1]
+    val = val if hard == resource.RLIM_INFINITY else min(val, hard)
+    resource.setrlimit(res, (val, val))
+limit(resource.RLIMIT_AS, mem)
+limit(resource.RLIMIT_FSIZE, fsize)
+limit(resource.RLIMIT_CORE, 0)
+if uid >= 0:
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+if nproc >= 0:
+    limit(resource.RLIMIT_NPROC, nproc)
+try:
+    ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG = SIGKILL, cleared by setresuid
+except Exception:
+    pass
+try:
+    os.execv(argv[0], argv)
+except OSError as exc:
+    sys.stderr.write(f"sandbox: cannot execute {argv[0]!r}: {exc}\n")
+    os._exit(127)
+"""
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _real(path: str | os.PathLike) -> str:
+    return os.path.realpath(os.fspath(path))
+
+
+@contextlib.contextmanager
+def _private_uid():
+    """Yields an unprivileged uid no other sandbox uses now (a flock per uid), or -1."""
+    if not _is_root():
+        yield -1
+        return
+    lockdir = os.path.join(tempfile.gettempdir(), "npfl-course-sandbox-uids")
+    os.makedirs(lockdir, mode=0o700, exist_ok=True)
+    for slot in range(UID_SLOTS):
+        fd = os.open(os.path.join(lockdir, str(UID_BASE + slot)), os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        try:
+            yield UID_BASE + slot
+        finally:
+            os.close(fd)
+        return
+    raise RuntimeError(f"all {UID_SLOTS} sandbox uids are in use")
+
+
+def _pids_of_uid(uid: int) -> list[int]:
+    """Live processes of ``uid``; zombies are left out (they hold no resources but a pid)."""
+    pids = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                if os.stat(f"/proc/{name}").st_uid != uid:
+                    continue
+                with open(f"/proc/{name}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                        pids.append(int(name))
+    return pids
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            with open(f"/proc/{name}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(name))
+    found, todo = [], [root]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def _kill_uid(uid: int) -> None:
+    """SIGKILLs every process of ``uid`` until none is left."""
+    for _ in range(100):  # a fork bomb may fork between the scan and the kill: repeat
+        pids = _pids_of_uid(uid)
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.01)
+
+
+def _kill_all(pid: int, uid: int, bwrap: bool) -> int:
+    """SIGKILLs the command ``pid`` and everything it started; returns how many it found.
+
+    The tree (bwrap's PID namespace dies with its init anyway), the process group, and as
+    root every process of the sandbox uid, even ones that left the tree and the group.
+    Without a uid of its own, what RLIMIT_NPROC counts is the command and its descendants,
+    or with bwrap the descendants of bwrap (its init and the command's tree).
+    """
+    tree = _descendants(pid)
+    found = len(_pids_of_uid(uid)) if uid >= 0 else len(tree) + (not bwrap)
+    for target in [pid, *tree]:
+        with contextlib.suppress(OSError):
+            os.kill(target, signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        os.killpg(pid, signal.SIGKILL)
+    if uid >= 0:
+        _kill_uid(uid)
+    return found
+
+
+def _chown_tree(root: str, uid: int, gid: int, only_uid: int | None = None) -> None:
+    # lchown never follows the symlinks a submission may plant; a hard-linked file is
+    # skipped, since its other names may lie outside the workdir.
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [dirpath, *(os.path.join(dirpath, n) for n in dirnames + filenames)]:
+            with contextlib.suppress(OSError):
+                st = os.lstat(name)
+                if only_uid is not None and st.st_uid != only_uid:
+                    continue
+                if only_uid is None and st.st_nlink > 1 and not os.path.isdir(name):
+                    continue
+                os.lchown(name, uid, gid)
+
+
+def _reachable_by_others(path: str) -> bool:
+    """Whether an unprivileged uid can reach (and, for files, execute) ``path``."""
+    path = _real(path)
+    if not os.path.exists(path):
+        return True  # nothing to reach: running it fails with "cannot execute" either way
+    if os.path.isfile(path) and not os.stat(path).st_mode & 0o001:
+        return False
+    parent = os.path.dirname(path) if os.path.isfile(path) else path
+    while True:
+        if not os.stat(parent).st_mode & 0o001:
+            return False
+        if parent == "/":
+            return True
+        parent = os.path.dirname(parent)
+
+
+def _user_task_count() -> int:
+    """Processes and threads of our real uid (what RLIMIT_NPROC counts for it)."""
+    count = 0
+    for pid in _pids_of_uid(os.getuid()):
+        with contextlib.suppress(OSError):
+            count += len(os.listdir(f"/proc/{pid}/task"))
+    return count
