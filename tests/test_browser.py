@@ -75,56 +75,32 @@ def _unavailable(reason: str) -> None:
 # ----------------------------------------------------------------------------------
 
 
-def _cli(course: Path, command_name: str, *args: str) -> str:
-    command = [sys.executable, "-m", "npfl_course.cli", command_name, "--course-dir", str(course)]
-    command += args
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    output = f"{done.stdout}\n{done.stderr}"
-    assert done.returncode == 0, f"npfl-course {command_name} failed:\n{output}"
-    return done.stdout
-
-
-def _with_solutions(release, source, replace=None, keep_stub=()) -> nbformat.NotebookNode:
-    """The release answered from the source; ``keep_stub`` cells stay as released."""
-    notebook = harness.make_submission(release, source, replace)
-    stubs = harness.cells_by_kind(release, "solution")
-    for cell in notebook.cells:
-        if harness.cell_kind(cell) == "solution" and cell.metadata.nbgrader.grade_id in keep_stub:
-            cell.source = stubs[cell.metadata.nbgrader.grade_id].source
-    return notebook
-
-
 @pytest.fixture(scope="module")
 def course(tmp_path_factory) -> Path:
-    """A course with ``ASSIGNMENT`` generated, one submission autograded, and the
-    student's and the lecture's notebooks where JupyterLab serves them."""
-    root = tmp_path_factory.mktemp("lab") / "course"
-    (root / "assignments").mkdir(parents=True)
-    shutil.copytree(
-        REPO / "assignments" / ASSIGNMENT,
-        root / "assignments" / ASSIGNMENT,
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
-    config = (REPO / "nbgrader_config.py").read_text()
-    # The formgrader warns unless the exchange exists; the default is system-wide.
-    config += '\nc.Exchange.root = str(OUTPUT / "exchange")\n'
-    (root / "nbgrader_config.py").write_text(config)
-    (root / "exchange").mkdir()
-    _cli(root, "generate", ASSIGNMENT)
-
-    release = harness.read_notebook(root / "release" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb")
-    source = harness.read_notebook(harness.source_path(ASSIGNMENT))
+    """A course with ``ASSIGNMENT`` generated and one submission autograded (by
+    :func:`npfl_course.check.grade`), plus the student's and the lecture's notebooks
+    where JupyterLab serves them."""
     wrong = next(v for v in harness.load_variants(ASSIGNMENT).WRONG if v["name"] == GRADED_VARIANT)
-    submitted = root / "submitted" / GRADED_STUDENT / ASSIGNMENT
-    submitted.mkdir(parents=True)
-    graded = _with_solutions(release, source, {wrong["cell"]: wrong["code"]})
-    nbformat.write(graded, submitted / f"{ASSIGNMENT}.ipynb")
-    _cli(root, "autograde", ASSIGNMENT, "--jobs", "1")
 
-    student = root / "student" / ASSIGNMENT
-    student.mkdir(parents=True)
-    mine = _with_solutions(release, source, keep_stub={STUDENT_CELL})
-    nbformat.write(mine, student / f"{ASSIGNMENT}.ipynb")
+    def submissions(release, source):
+        replace = {wrong["cell"]: wrong["code"]}
+        return {GRADED_STUDENT: harness.make_submission(release, source, replace)}
+
+    workdir = tmp_path_factory.mktemp("lab")
+    graded = harness.grade(ASSIGNMENT, workdir, submissions)
+    assert graded.release is not None, f"generate failed:\n{graded.log}"
+    assert GRADED_STUDENT in graded.scores, graded.failure_log(GRADED_STUDENT)
+    root = workdir / "course"
+    # The formgrader warns unless the exchange exists; the default is system-wide.
+    with open(root / "nbgrader_config.py", "a") as config:
+        config.write('\nc.Exchange.root = str(OUTPUT / "exchange")\n')
+    (root / "exchange").mkdir()
+
+    source = harness.read_notebook(harness.source_path(ASSIGNMENT))
+    stub = harness.cells_by_kind(graded.release, "solution")[STUDENT_CELL].source
+    mine = harness.make_submission(graded.release, source, {STUDENT_CELL: stub})
+    (root / "student" / ASSIGNMENT).mkdir(parents=True)
+    nbformat.write(mine, root / "student" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb")
     (root / "lectures").mkdir()
     shutil.copy(REPO / "lectures" / LECTURE, root / "lectures" / LECTURE)
     return root
@@ -165,6 +141,7 @@ def lab(course, tmp_path_factory):
         "JUPYTER_RUNTIME_DIR": str(state / "runtime"),
     }
     env.pop("MPLBACKEND", None)  # Agg (set for CI) would keep plots out of the notebook
+    env.pop("NPFL_COURSE_OUTPUT", None)  # nbgrader_config.py: the course is the output folder
     port, token = _free_port(), secrets.token_hex(16)
     command = [
         sys.executable,
