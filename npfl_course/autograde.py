@@ -62,7 +62,13 @@ from nbgrader.coursedir import CourseDirectory
 
 from npfl_course.autograde_merge import MAX_EXECUTED_BYTES as MAX_EXECUTED_BYTES
 from npfl_course.autograde_merge import OUTPUT_TYPES as OUTPUT_TYPES
-from npfl_course.autograde_merge import _read_executed, death_reason, fail_all, merge
+from npfl_course.autograde_merge import (
+    _read_executed,
+    death_reason,
+    fail_all,
+    infrastructure_failure,
+    merge,
+)
 from npfl_course.autograde_nbgrader import _Converter, _faster_nbgrader, _NoteHandler
 from npfl_course.autograde_outcome import GRADER_ERRORS as GRADER_ERRORS
 from npfl_course.autograde_outcome import Outcome, Report, lost_tests, stopped_cells
@@ -70,9 +76,17 @@ from npfl_course.autograde_restore import RestoreCells as RestoreCells
 from npfl_course.autograde_restore import _first_line, _read_submitted
 from npfl_course.course import Course
 from npfl_course.execute import META_KEY
-from npfl_course.sandbox import Limits, run_sandboxed, sandbox_available
+from npfl_course.sandbox import INSTALL_HINT, Limits, isolation, run_sandboxed
 
 PENDING = ".npfl-autograde-pending"  # in autograded/<student>/<assignment>/ until saved
+
+
+class SandboxUnavailableError(RuntimeError):
+    """Bubblewrap cannot isolate student code here, and unsandboxed grading was not asked for."""
+
+
+class InfrastructureError(RuntimeError):
+    """A submission could not be graded for a reason that is not its code."""
 
 
 @dataclass
@@ -99,12 +113,16 @@ class Autograder:
         limits (Limits | None): Sandbox limits; default ``Limits()`` with the cell limit
             from ``c.Execute.timeout`` when configured.
         force (bool): Grade again what is already autograded.
-        require_sandbox (bool): Fail instead of running without bubblewrap.
+        unsandboxed (bool): Grade even where bubblewrap cannot isolate student code
+            (``--no-sandbox``; unsafe: see :func:`npfl_course.sandbox.isolation`). Without
+            it, :meth:`run` raises :class:`SandboxUnavailableError` there.
+        preflight (bool): Grade the instructor's solution and the release first and stop
+            if they do not score full marks and 0 (:mod:`npfl_course.autograde_preflight`).
     """
 
     def __init__(self, course: Course, assignment: str, *, jobs: int | None = None,
                  limits: Limits | None = None, force: bool = False,
-                 require_sandbox: bool = False) -> None:  # fmt: skip
+                 unsandboxed: bool = False, preflight: bool = True) -> None:  # fmt: skip
         if jobs is not None and jobs < 1:
             raise ValueError(f"jobs must be >= 1, got {jobs}")
         self.course, self.assignment, self.force = course, assignment, force
@@ -113,7 +131,7 @@ class Autograder:
             cell = course.config_value("Execute", "timeout", None) or Limits.cell_seconds
             limits = Limits(cell_seconds=float(cell))
         self.limits = limits
-        self.require_sandbox = require_sandbox
+        self.unsandboxed, self.preflight = unsandboxed, preflight
         self.executions = 0  # sandboxed notebook runs, for the tests' exactly-once check
         self._names: list[str] | None = None  # the assignment's notebooks
         threads = str(max(1, (os.cpu_count() or 1) // self.jobs))
@@ -258,7 +276,7 @@ class Autograder:
                         "--memory-mb", str(self.limits.memory_mb)]  # fmt: skip
                 self.executions += 1
                 result = run_sandboxed(argv, workdir=workdir, limits=self.limits, env=self.env,
-                                       require_sandbox=self.require_sandbox)  # fmt: skip
+                                       require_sandbox=not self.unsandboxed)  # fmt: skip
                 job.results[name] = (_read_executed(Path(workdir) / out), result)
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
@@ -276,6 +294,9 @@ class Autograder:
                 notebook = fail_all(notebook, "SubmissionError", job.unreadable[name])
             else:
                 executed, result = job.results.get(name, (None, None))
+                why = infrastructure_failure(notebook, executed, result, self.limits)
+                if why is not None:
+                    raise InfrastructureError(f"{name}: {why}")
                 notebook = merge(notebook, executed, result, self.limits)
                 done = (executed or {}).get("metadata", {}).get(META_KEY, {}).get("done")
                 if not done:
@@ -299,10 +320,27 @@ class Autograder:
         return outcome
 
     def _failed(self, student: str, dest: Path | None, exc: BaseException) -> Outcome:
+        """Not graded, and recorded nowhere as a score: the next run grades it again."""
         if dest is not None and dest.exists():
             utils.rmtree(str(dest))  # as nbgrader does: the next run tries again
-        message = f"could not be graded: {type(exc).__name__}: {_first_line(exc)}"
+        with self.course.gradebook() as gradebook, contextlib.suppress(MissingEntry):
+            gradebook.remove_submission(self.assignment, student)  # no score, not a 0
+        if isinstance(exc, InfrastructureError):
+            message = f"not graded, not the student's fault: {exc}"
+        else:
+            message = f"could not be graded: {type(exc).__name__}: {_first_line(exc)}"
         return Outcome(student, "failed", notes=[message])
+
+    def check_isolation(self) -> tuple[str, str]:
+        """How student code will run here; raises when unsafe and not asked for."""
+        kind, description = isolation()
+        if kind != "bwrap" and not self.unsandboxed:
+            raise SandboxUnavailableError(
+                f"refusing to grade: {description}. Please {INSTALL_HINT}, and check the "
+                "result with `npfl-course doctor`. To grade without isolation anyway "
+                "(only for code you trust), pass --no-sandbox."
+            )
+        return kind, description
 
     # -- the batch --------------------------------------------------------------------
 
@@ -310,7 +348,10 @@ class Autograder:
         """Autogrades ``students`` (default: every submission) and returns the report."""
         from tqdm.auto import tqdm
 
+        from npfl_course.autograde_preflight import preflight
+
         start = time.monotonic()
+        _, description = self.check_isolation()
         available = self.submitted_students()
         wanted = available if students is None else list(dict.fromkeys(students))
         self._notebook_names()  # fails early if the assignment was never generated
@@ -319,6 +360,10 @@ class Autograder:
             if student not in available:
                 outcomes[student] = Outcome(student, "failed", notes=["no submission found"])
         queue = [s for s in wanted if s not in outcomes]
+        checked = None
+        if self.preflight and queue:
+            checked = preflight(self.course, self.assignment, limits=self.limits,
+                                jobs=self.jobs, unsandboxed=self.unsandboxed)  # fmt: skip
         bar = tqdm(total=len(wanted), desc=f"autograde {self.assignment}", unit="submission",
                    disable=not progress, file=sys.stderr)  # fmt: skip
         bar.update(len(outcomes))
@@ -370,7 +415,7 @@ class Autograder:
             bar.close()
         ordered = [outcomes[s] for s in wanted]
         return Report(self.assignment, ordered, time.monotonic() - start, self.jobs,
-                      sandboxed=sandbox_available())  # fmt: skip
+                      isolation=description, preflight=checked)  # fmt: skip
 
     def _dest(self, student: str) -> Path:
         coursedir = self.course.coursedir
@@ -379,12 +424,18 @@ class Autograder:
 
 def autograde(course: Course, assignment: str, *, students: list[str] | None = None,
               jobs: int | None = None, limits: Limits | None = None, force: bool = False,
-              progress: bool = True, require_sandbox: bool = False) -> Report:  # fmt: skip
+              progress: bool = True, unsandboxed: bool = False,
+              preflight: bool = True) -> Report:  # fmt: skip
     """Autogrades the submissions of ``assignment``; see :class:`Autograder`.
 
     Returns:
         Report: One outcome per submission (graded, failed or skipped, with reasons).
+
+    Raises:
+        SandboxUnavailableError: No bubblewrap sandbox and not ``unsandboxed``.
+        npfl_course.autograde_preflight.PreflightError: The solution or the release was
+            graded wrong; no student was graded.
     """
     grader = Autograder(course, assignment, jobs=jobs, limits=limits, force=force,
-                        require_sandbox=require_sandbox)  # fmt: skip
+                        unsandboxed=unsandboxed, preflight=preflight)  # fmt: skip
     return grader.run(students, progress=progress)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import nbformat
 
-from npfl_course.execute import META_KEY
+from npfl_course.execute import EXIT_INTERNAL, META_KEY, is_trusted
 from npfl_course.sandbox import Limits, SandboxResult
 
 MAX_EXECUTED_BYTES = 64 << 20  # a worker's output notebook larger than this is not read
@@ -68,6 +68,44 @@ def death_reason(result: SandboxResult | None, limits: Limits) -> str:
         return f"the notebook's process was {result.reason or 'killed'}"
     status = result.returncode or 0
     return f"the notebook's process exited before the end (status {status}, e.g. os._exit)"
+
+
+def infrastructure_failure(prepared, executed: dict | None, result: SandboxResult | None,
+                           limits: Limits) -> str | None:  # fmt: skip
+    """Why a run went wrong through no fault of the student's code, or None.
+
+    The grader is to blame when the worker never started (no notebook came back), when it
+    failed internally, and when a cell that students cannot edit (the assignment's locked
+    set-up, e.g. its imports) failed or the worker died before any student code ran:
+    such a notebook would score 0 for a reason that is ours.
+    """
+    if result is None:  # the notebook was not executed (Execute.enabled = False)
+        return None
+    tail = result.stderr.strip()[-300:]
+    if executed is None:
+        return f"the grading worker did not start or wrote no notebook ({result.reason}): {tail}"
+    if result.returncode == EXIT_INTERNAL:
+        return f"the grading worker failed: {tail}"
+    cells = executed.get("cells")
+    info = executed.get("metadata", {}).get(META_KEY, {})
+    ran = info.get("cells_run", 0)
+    if not isinstance(cells, list) or len(cells) != len(prepared.cells) or not isinstance(ran, int):
+        return None  # unreadable: merge() fails every cell, as for any broken run
+    first_student = next(
+        (i for i, c in enumerate(prepared.cells) if c.cell_type == "code" and not is_trusted(c)),
+        len(prepared.cells),
+    )
+    while ran < len(prepared.cells) and prepared.cells[ran].cell_type != "code":
+        ran += 1  # the worker saves after code cells only: these ran, and cannot fail
+    for index in range(min(ran, first_student)):
+        outputs = cells[index].get("outputs") if isinstance(cells[index], dict) else None
+        for output in outputs if isinstance(outputs, list) else []:
+            if isinstance(output, dict) and output.get("output_type") == "error":
+                error = f"{output.get('ename')}: {str(output.get('evalue'))[:300]}"
+                return f"cell {index}, which students cannot edit, failed before any student code ran: {error}"  # noqa: E501
+    if not info.get("done") and ran < first_student:
+        return f"the worker stopped in cell {ran} before any student code ran: {death_reason(result, limits)}"  # noqa: E501
+    return None
 
 
 def merge(prepared, executed: dict | None, result: SandboxResult | None, limits: Limits):

@@ -7,6 +7,7 @@ cells that lost points) and :func:`stopped_cells` (other cells that hit a limit)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from nbgrader import utils
 
@@ -45,20 +46,31 @@ class Report:
     outcomes: list[Outcome]
     seconds: float
     jobs: int
-    sandboxed: bool
+    isolation: str  # how student code ran (npfl_course.sandbox.isolation)
+    preflight: Any = None  # the passed Preflight, None when there was none
+
+    @property
+    def sandboxed(self) -> bool:
+        return not self.isolation.startswith("NO sandbox")
 
     def count(self, status: str) -> int:
         return sum(outcome.status == status for outcome in self.outcomes)
 
     def summary(self, details: bool = True) -> str:
         """A readable summary: counts, then one line per submission with its reasons."""
-        isolation = "bubblewrap sandbox" if self.sandboxed else "limits only, NOT isolated"
         lines = [
             f"autograde {self.assignment}: {len(self.outcomes)} submission(s) in "
-            f"{self.seconds:.1f} s with {self.jobs} job(s) ({isolation})",
+            f"{self.seconds:.1f} s with {self.jobs} job(s) ({self.isolation})",
             f"  graded: {self.count('graded')}, failed: {self.count('failed')}, "
             f"skipped: {self.count('skipped')}",
         ]
+        if self.preflight is not None:
+            how = "remembered" if self.preflight.cached else f"{self.preflight.seconds:.1f} s"
+            lines.append(f"  preflight: the solution got full marks, the release 0 ({how})")
+        if self.count("failed"):
+            lines.append(
+                "  failed submissions have no score (not 0): fix the cause, run autograde again"
+            )
         for outcome in self.outcomes:
             if not details and outcome.status != "failed":
                 continue  # the short summary still says why each failure failed

@@ -3,12 +3,14 @@
     npfl-course generate [ASSIGNMENT ...] [--force]
     npfl-course zip-collect ASSIGNMENT DIR [--pattern REGEX] [--force]
     npfl-course autograde ASSIGNMENT [--jobs N] [--timeout S] [--cell-timeout S]
-                          [--memory MB] [--student ID ...] [--force]
+                          [--memory MB] [--student ID ...] [--force] [--no-sandbox]
+                          [--no-preflight]
     npfl-course feedback ASSIGNMENT
     npfl-course export [--csv PATH]
     npfl-course report ASSIGNMENT [--output PNG]
     npfl-course check [ASSIGNMENT ...]
     npfl-course demo [--output DIR] [--jobs N]
+    npfl-course doctor
 
 Every command takes ``--course-dir DIR`` (default: the current directory if it holds
 ``nbgrader_config.py``, else this repository).
@@ -80,12 +82,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--cell-timeout", type=_positive(float), default=None, metavar="S",
                      help="limit per cell (default: c.Execute.timeout, else 120)")  # fmt: skip
     sub.add_argument("--memory", type=_positive(int), default=None, metavar="MB",
-                     help="memory limit per notebook in MB (default 2048)")  # fmt: skip
+                     help="memory per notebook in MiB: what each of its processes may "
+                     "allocate and what all of them may use together (default 2048; "
+                     "grading this course's assignments peaks below 700, with the CPU "
+                     "or the CUDA build of torch)")  # fmt: skip
     sub.add_argument("--student", nargs="+", default=None, metavar="ID",
                      help="grade only these students")  # fmt: skip
     sub.add_argument("--force", action="store_true", help="grade again what is graded")
-    sub.add_argument("--require-sandbox", action="store_true",
-                     help="fail instead of running without bubblewrap")  # fmt: skip
+    sub.add_argument("--no-sandbox", action="store_true",
+                     help="UNSAFE: grade even where bubblewrap cannot isolate student code "
+                     "(see `npfl-course doctor`); without it autograde refuses there")  # fmt: skip
+    sub.add_argument("--no-preflight", action="store_true",
+                     help="skip grading the instructor's solution (full marks expected) and "
+                     "the release (0 expected) before the students")  # fmt: skip
     sub.add_argument("--quiet", action="store_true", help="no progress bar, short summary")
 
     sub = add("feedback", "write the feedback HTML (nbgrader generate_feedback)")
@@ -109,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="keep the demo course here (default: a temporary folder)")  # fmt: skip
     sub.add_argument("--jobs", type=_positive(int), default=None, metavar="N")
     sub.add_argument("--assignment", default=None, help="the assignment graded in the demo")
+
+    add("doctor", "what this machine offers the grader: sandbox, memory limit, torch, CUDA")
     return parser
 
 
@@ -145,8 +156,9 @@ def _zip_collect(course: Course, args) -> int:
 
 
 def _autograde(course: Course, args) -> int:
-    from npfl_course.autograde import autograde
-    from npfl_course.sandbox import Limits
+    from npfl_course.autograde import SandboxUnavailableError, autograde
+    from npfl_course.autograde_preflight import PreflightError
+    from npfl_course.sandbox import Limits, isolation
 
     cell = args.cell_timeout or course.config_value("Execute", "timeout", None)
     limits = Limits(
@@ -154,9 +166,20 @@ def _autograde(course: Course, args) -> int:
         cell_seconds=float(cell or Limits.cell_seconds),
         memory_mb=args.memory or Limits.memory_mb,
     )
-    report = autograde(course, args.assignment, students=args.student, jobs=args.jobs,
-                       limits=limits, force=args.force, progress=not args.quiet,
-                       require_sandbox=args.require_sandbox)  # fmt: skip
+    kind, description = isolation()
+    if kind != "bwrap" and args.no_sandbox:
+        print(f"npfl-course: WARNING: --no-sandbox: {description}", file=sys.stderr)
+    try:
+        report = autograde(course, args.assignment, students=args.student, jobs=args.jobs,
+                           limits=limits, force=args.force, progress=not args.quiet,
+                           unsandboxed=args.no_sandbox,
+                           preflight=not args.no_preflight)  # fmt: skip
+    except SandboxUnavailableError as exc:
+        print(f"npfl-course: {exc}", file=sys.stderr)
+        return 2
+    except PreflightError as exc:
+        print(f"npfl-course: {exc}", file=sys.stderr)
+        return 3
     print(report.summary(details=not args.quiet))
     return 1 if report.count("failed") else 0
 
@@ -194,6 +217,14 @@ def _check(course: Course, args) -> int:
     return check_assignments(course, args.assignments or None, jobs=args.jobs)
 
 
+def _doctor(course: Course, args) -> int:
+    from npfl_course.doctor import diagnose
+
+    lines, ok = diagnose()
+    print("\n".join(lines))
+    return 0 if ok else 1
+
+
 def _demo(course: Course | None, args) -> int:
     from npfl_course.demo import run_demo
 
@@ -203,7 +234,7 @@ def _demo(course: Course | None, args) -> int:
 COMMANDS = {
     "generate": _generate, "zip-collect": _zip_collect, "autograde": _autograde,
     "feedback": _feedback, "export": _export, "report": _report, "check": _check,
-    "demo": _demo,
+    "demo": _demo, "doctor": _doctor,
 }  # fmt: skip
 
 

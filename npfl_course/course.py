@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -206,3 +207,30 @@ def export_csv(course: Course, path: str | os.PathLike) -> Path:
     with course.gradebook() as gradebook:
         plugin.export(gradebook)
     return path
+
+
+def scratch_copy(course: Course, target: str | os.PathLike, names: list[str] | None = None):
+    """A new course in ``target``: the course's config and source assignments ``names``.
+
+    The copy keeps the source layout the config names (e.g. ``assignments/<name>/``) and its
+    outputs (release/, gradebook, ...) go into ``target`` itself, whatever
+    ``NPFL_COURSE_OUTPUT`` says. Nothing is generated yet.
+
+    Returns:
+        Course: The loaded copy.
+    """
+    target = Path(target)
+    source = course.path("source", "x").parent
+    target.mkdir(parents=True)
+    shutil.copy(course.directory / CONFIG_NAME, target / CONFIG_NAME)
+    relative = os.path.relpath(source, course.directory)
+    if relative.startswith(".."):
+        relative = "assignments"  # a source outside the course: this config must agree
+    for name in course.source_assignments() if names is None else names:
+        shutil.copytree(source / name, target / relative / name)
+    previous = os.environ.pop("NPFL_COURSE_OUTPUT", None)
+    try:
+        return load_course(target)
+    finally:
+        if previous is not None:
+            os.environ["NPFL_COURSE_OUTPUT"] = previous

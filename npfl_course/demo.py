@@ -25,7 +25,7 @@ from pathlib import Path
 
 import nbformat
 
-from npfl_course.course import Course, generate_assignment, generate_feedback, load_course
+from npfl_course.course import Course, generate_assignment, generate_feedback, scratch_copy
 
 DEFAULT_ASSIGNMENT = "regularization"  # the fastest to grade of this course's assignments
 
@@ -40,20 +40,6 @@ HOSTILE = {
         "sys.modules['npfl_lib.grading'] = fake"
     ),
 }
-
-
-def _copy_course(course: Course, target: Path) -> list[str]:
-    """The course's config and source assignments, copied to ``target``; their names."""
-    names = course.source_assignments()
-    source = course.path("source", "x").parent
-    target.mkdir(parents=True)
-    shutil.copy(course.directory / "nbgrader_config.py", target / "nbgrader_config.py")
-    relative = os.path.relpath(source, course.directory)
-    if relative.startswith(".."):
-        relative = "assignments"  # a source outside the course: this config must agree
-    for name in names:
-        shutil.copytree(source / name, target / relative / name)
-    return names
 
 
 def _downloads(course: Course, assignment: str, folder: Path) -> list[str]:
@@ -100,20 +86,15 @@ def run_demo(
     from npfl_course.collect import zip_collect
     from npfl_course.course import export_csv
     from npfl_course.report import grade_table, write_report
-    from npfl_course.sandbox import Limits
+    from npfl_course.sandbox import Limits, isolation
 
     start = time.perf_counter()
     base = Path(output) if output else Path(tempfile.mkdtemp(prefix="npfl-demo-"))
     demo = base / "course"
     if demo.exists():
         shutil.rmtree(demo)
-    names = _copy_course(course, demo)
-    previous = os.environ.pop("NPFL_COURSE_OUTPUT", None)  # outputs go to the demo course
-    try:
-        demo_course = load_course(demo)
-    finally:
-        if previous is not None:
-            os.environ["NPFL_COURSE_OUTPUT"] = previous
+    names = course.source_assignments()
+    demo_course = scratch_copy(course, demo, names)
     print(f"demo course: {demo}")
     for name in names:
         ok, log = generate_assignment(demo_course, name, force=True)
@@ -129,7 +110,13 @@ def run_demo(
     collected = zip_collect(demo_course, assignment, downloads)
     print(f"  zip-collect: {len(collected.students)} of {len(students)} students' notebooks")
     limits = Limits(notebook_seconds=120, cell_seconds=20)
-    report = autograde(demo_course, assignment, jobs=jobs, limits=limits)
+    kind, description = isolation()
+    if kind != "bwrap":
+        # The demo grades only the submissions it just wrote (none touches files or the
+        # network), so it may run without the sandbox that real grading insists on.
+        print(f"  note: grading the demo's own submissions without a sandbox: {description}")
+    report = autograde(demo_course, assignment, jobs=jobs, limits=limits,
+                       unsandboxed=kind != "bwrap")  # fmt: skip
     print(report.summary())
     ok, _ = generate_feedback(demo_course, assignment)
     csv = export_csv(demo_course, demo / "grades.csv")
@@ -138,7 +125,41 @@ def run_demo(
     print(f"feedback: {demo_course.path('feedback', assignment, '<student>')} ({ok=})")
     print(f"grades:   {csv}\nreport:   {png}")
     print(f"demo finished in {time.perf_counter() - start:.0f} s")
-    return 0 if report.count("failed") == 0 else 1
+    problems = _self_check(report)
+    if problems:
+        print(f"DEMO FAILED: {'; '.join(problems)}")
+        return 1
+    print("demo OK: the full solution got full marks, the untouched release 0, "
+          "every wrong solution lost points, no submission failed")  # fmt: skip
+    return 0
+
+
+def _self_check(report) -> list[str]:
+    """What the demo's grades get wrong: the known answers of its generated submissions."""
+    outcomes = {outcome.student: outcome for outcome in report.outcomes}
+    problems = []
+    full = outcomes.get("alice")
+    if full is None or full.score is None or full.score != full.max_score:
+        problems.append(f"the full solution (alice) got {_score(full)}, not full marks")
+    release = outcomes.get("bob")
+    if release is None or release.score != 0:
+        problems.append(f"the untouched release (bob) got {_score(release)}, not 0")
+    for student in ("carol", "dave", "erin"):
+        wrong = outcomes.get(student)
+        if wrong is not None and (wrong.score is None or wrong.score >= (wrong.max_score or 0)):
+            problems.append(f"the wrong solution of {student} got {_score(wrong)}")
+    failed = [o.student for o in report.outcomes if o.status == "failed"]
+    if failed:
+        problems.append(f"not graded: {', '.join(failed)}")
+    return problems
+
+
+def _score(outcome) -> str:
+    if outcome is None:
+        return "no outcome"
+    if outcome.score is None:
+        return f"no score ({outcome.status}: {'; '.join(outcome.notes)[:300]})"
+    return f"{outcome.score:g}/{outcome.max_score:g}"
 
 
 # ----------------------------------------------------------------------------------

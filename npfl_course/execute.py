@@ -96,7 +96,7 @@ _WORKER_MODULES = (
 _getpid, _exit, _replace, _dumps, _open = os.getpid, os._exit, os.replace, json.dumps, open
 
 
-def _is_trusted(cell: dict) -> bool:
+def is_trusted(cell: dict) -> bool:
     """A cell whose source is the instructor's (nbgrader restored locked cells)."""
     meta = cell.get("metadata", {}).get("nbgrader", {})
     return bool(meta.get("locked") or meta.get("grade")) and not meta.get("solution")
@@ -207,7 +207,7 @@ class Executor:
                     problem = problem or f"the grader's own code ({name}) was modified"
                     setattr(owner, name, function)
                     function.__code__ = code
-            trusted = _is_trusted(cell)
+            trusted = is_trusted(cell)
             bound = bound_names(source) if trusted else set()
             problem = problem or guard.check(shell.user_ns, bound)
             if problem is None and _State.sink is not outputs:

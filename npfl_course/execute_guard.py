@@ -21,10 +21,13 @@ from typing import Any
 _MISSING = object()
 
 PROTECTED_ROOTS = ("npfl_lib", "npfl_course", "torch", "numpy", "IPython")
+# Standard-library namespaces: the standard library rebinds their data as it works (e.g.
+# time.tzset(), called by pandas and by the first datetime.strptime, rebinds time.tzname),
+# so only their functions, classes and modules, which grading calls, are compared.
+STDLIB_NAMESPACES = ("os", "sys", "json", "signal", "threading", "time", "io", "contextlib")
 # Namespaces whose existing entries must keep their identity (besides builtins and npfl_*).
 PROTECTED_NAMESPACES = (
-    "torch", "torch.nn", "torch.nn.functional", "torch.autograd", "numpy",
-    "os", "sys", "json", "signal", "threading", "time", "io", "contextlib",
+    "torch", "torch.nn", "torch.nn.functional", "torch.autograd", "numpy", *STDLIB_NAMESPACES,
 )  # fmt: skip
 # Where stdlib modules' state changes legitimately (sys.stdout, sys.last_value, ...).
 VOLATILE = {"sys": {"stdout", "stderr", "stdin", "displayhook", "excepthook", "ps1", "ps2",
@@ -105,7 +108,7 @@ class _Guard:
                 spaces.append((owner, getattr(self.modules[module], attr)))
         spaces += [(cls.__qualname__, cls) for cls in type(shell).__mro__[:2]]
         self.spaces = [
-            (name, obj, {k: v for k, v in vars(obj).items() if k not in VOLATILE.get(name, ())})
+            (name, obj, {k: v for k, v in vars(obj).items() if _watched(name, k, v)})
             for name, obj in spaces
         ]
         self.builtins = dict(_BUILTINS)
@@ -239,6 +242,15 @@ class _Guard:
             if namespace.get(name, _MISSING) is not value:
                 return f"the name {name!r}, bound by the assignment's own cells, was rebound"
         return None
+
+
+def _watched(namespace: str, key: str, value: Any) -> bool:
+    """Whether the guard compares ``namespace.key`` (see STDLIB_NAMESPACES and VOLATILE)."""
+    if key in VOLATILE.get(namespace, ()):
+        return False
+    if namespace in STDLIB_NAMESPACES:
+        return callable(value) or isinstance(value, types.ModuleType)
+    return True
 
 
 def _noop() -> None:

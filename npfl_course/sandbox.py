@@ -3,11 +3,15 @@
 ``run_sandboxed(argv, workdir=...)`` runs ``argv`` with:
 
 * a wall-clock limit for the whole command; then every process it started is killed;
-* a memory limit: ``RLIMIT_AS`` (address space) of ``limits.memory_mb`` on every process.
-  Chosen because it works everywhere, without root and without cgroups (the CI machines
-  have only cgroup v1 hierarchies owned by the host, and no delegated cgroup v2). It is a
-  per-process bound: ``k`` processes may use ``k * memory_mb``, ``max_processes`` caps
-  ``k``, and the private /tmp and /dev/shm (tmpfs, ``memory_mb`` each) come on top;
+* a memory limit of ``limits.memory_mb`` MiB, enforced twice. Each process may allocate at
+  most that much (``RLIMIT_DATA``: heap, anonymous mappings, writable data of libraries), so
+  a cell that allocates too much gets a ``MemoryError`` and the notebook goes on; and a
+  watchdog sums the anonymous memory (proportional set size) of all the command's
+  processes every MEMORY_POLL_SECONDS and kills them all when together they use more.
+  Address space that is only reserved is not counted (``RLIMIT_AS`` would count it: the
+  CUDA build of torch maps some 3 GB at import and could not even be imported under
+  2 GB). Works without root and without cgroups; the private /tmp and /dev/shm (tmpfs,
+  ``memory_mb`` each) come on top;
 * a process-count limit: ``RLIMIT_NPROC``. The kernel counts it per real user id and ignores
   it for root, so when we are root the command runs as an unprivileged uid of its own
   (``UID_BASE + slot``; a file lock per uid keeps concurrent sandboxes, also in other
@@ -62,6 +66,7 @@ from npfl_course.sandbox_bwrap import _readonly_mounts as _readonly_mounts
 from npfl_course.sandbox_limits import Limits, SandboxResult, _result
 from npfl_course.sandbox_processes import (
     _LAUNCHER,
+    MEMORY_POLL_SECONDS,
     _chown_tree,
     _is_root,
     _kill_all,
@@ -69,17 +74,27 @@ from npfl_course.sandbox_processes import (
     _reachable_by_others,
     _real,
     _user_task_count,
+    memory_mib,
 )
 from npfl_course.sandbox_processes import UID_BASE as UID_BASE
 from npfl_course.sandbox_processes import UID_SLOTS as UID_SLOTS
 
-__all__ = ["Limits", "SandboxResult", "run_sandboxed", "sandbox_available"]
+__all__ = ["Limits", "SandboxResult", "isolation", "run_sandboxed", "sandbox_available"]
 
 MAX_OUTPUT_BYTES = 1 << 20  # per stream: the first and the last half MiB are kept
 FILE_SIZE_MB = 1024  # largest file the command may write
 INSTALL_HINT = (
     "install bubblewrap (Debian/Ubuntu: `apt-get install bubblewrap`, Fedora: "
     "`dnf install bubblewrap`) to isolate them"
+)
+NAMESPACE_HINT = (
+    "bwrap needs namespaces: as a normal user, unprivileged user namespaces (check with "
+    "`unshare --user --map-root-user true`; enable with `sysctl -w "
+    "kernel.unprivileged_userns_clone=1`, on Ubuntu >= 23.10 also `sysctl -w "
+    "kernel.apparmor_restrict_unprivileged_userns=0`); as root in a container, mount "
+    "namespaces (Docker: `--cap-add SYS_ADMIN --security-opt seccomp=unconfined "
+    "--security-opt apparmor=unconfined`; Kubernetes: a pod security context that allows "
+    "them)"
 )
 
 
@@ -94,6 +109,8 @@ def _environment(workdir: str, tmp: str, env: Mapping[str, str] | None) -> dict[
         "PYTHONNOUSERSITE": "1",
         "MPLBACKEND": "Agg",
         "OMP_NUM_THREADS": "1",
+        # Grading is on the CPU, with or without a GPU on the grading machine.
+        "CUDA_VISIBLE_DEVICES": "",
         # The sandbox uid has no /etc/passwd entry; getpass.getuser() reads these first.
         "USER": "student",
         "LOGNAME": "student",
@@ -132,11 +149,21 @@ class _BoundedReader(threading.Thread):
         )
 
 
-@functools.lru_cache(maxsize=1)
-def _bwrap_self_test() -> str | None:
-    """None when bwrap runs Python under our exact configuration, else why not."""
-    bwrap = shutil.which("bwrap")
+def _bwrap_executable() -> str | None:
+    """``$NPFL_COURSE_BWRAP`` (a path or a name; empty: none), else ``bwrap`` on PATH."""
+    name = os.environ.get("NPFL_COURSE_BWRAP")
+    if name is None:
+        return shutil.which("bwrap")
+    return shutil.which(name) if name else None
+
+
+@functools.lru_cache(maxsize=4)
+def _self_test(bwrap: str | None) -> str | None:
+    """None when ``bwrap`` runs Python under our exact configuration, else why not."""
     if bwrap is None:
+        named = os.environ.get("NPFL_COURSE_BWRAP")
+        if named is not None:
+            return f"NPFL_COURSE_BWRAP={named!r} names no executable"
         return "bwrap is not installed"
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -144,12 +171,63 @@ def _bwrap_self_test() -> str | None:
         except OSError as exc:
             return f"bwrap failed to start: {exc}"
         if result.returncode != 0 or result.stdout.strip() != "ok":
-            return f"bwrap self-test failed: {result.stderr.strip()[-500:]}"
+            return f"bwrap self-test failed: {result.stderr.strip()[-500:]}; {NAMESPACE_HINT}"
     return None
+
+
+def _bwrap_self_test() -> str | None:
+    return _self_test(_bwrap_executable())
 
 
 def _forced_off() -> bool:
     return os.environ.get("NPFL_COURSE_NO_BWRAP", "") not in ("", "0")
+
+
+def unavailable_reason() -> str | None:
+    """Why bubblewrap cannot isolate commands here, or None when it can."""
+    return "disabled by NPFL_COURSE_NO_BWRAP" if _forced_off() else _bwrap_self_test()
+
+
+def _others_can_run(command: str, workdir_parent: str) -> bool:
+    """Whether an unprivileged uid can run ``command`` with this Python's packages."""
+    needed = [command, workdir_parent, *_python_paths()]
+    return all(_reachable_by_others(path) for path in needed)
+
+
+def isolation(command: str | None = None) -> tuple[str, str]:
+    """How untrusted commands run here: ``(kind, description)`` for people.
+
+    ``kind`` is ``"bwrap"`` (isolated), ``"uid"`` (no bubblewrap; as root the command runs
+    as an unprivileged uid of its own, so it cannot change files that only the grader may
+    write) or ``"none"`` (no bubblewrap and no other uid: it can do whatever the grader's
+    user can).
+
+    Args:
+        command (str | None): The program that will run (default: this Python).
+    """
+    why = unavailable_reason()
+    if why is None:
+        return "bwrap", "bubblewrap sandbox (no view of the course, no network)"
+    command = shutil.which(command or sys.executable) or command or sys.executable
+    if _is_root() and _others_can_run(command, tempfile.gettempdir()):
+        return "uid", (
+            f"NO sandbox ({why}): student code runs as an unprivileged uid of its own with "
+            "time, memory and process limits; it cannot change the course's files, but it "
+            "can read every file that all users may read and it can use the network"
+        )
+    who = "root" if _is_root() else f"uid {os.getuid()}"
+    hint = (
+        " (this Python or its packages lie where other users cannot read them, e.g. under "
+        "/root; a virtual environment made from the system's Python outside /root fixes "
+        "that)"
+        if _is_root()
+        else ""
+    )
+    return "none", (
+        f"NO sandbox ({why}) and no other user{hint}: student code runs as {who} and can "
+        "read and change any file that the grader can, the gradebook included, and use "
+        "the network"
+    )
 
 
 def sandbox_available() -> bool:
@@ -168,20 +246,8 @@ def _warn_fallback() -> None:
     if _warned.is_set():
         return
     _warned.set()
-    why = "disabled by NPFL_COURSE_NO_BWRAP" if _forced_off() else _bwrap_self_test()
-    root_note = (
-        " Running as root without bwrap, the process limit holds only when the command's "
-        "interpreter and workdir are reachable by other users."
-        if _is_root()
-        else ""
-    )
-    warnings.warn(
-        f"npfl_course.sandbox: bubblewrap unavailable ({why}); untrusted code runs with time, "
-        f"memory and process limits only: the file system and the network are NOT isolated. "
-        f"Please {INSTALL_HINT}.{root_note}",
-        RuntimeWarning,
-        stacklevel=3,
-    )
+    warnings.warn(f"npfl_course.sandbox: {isolation()[1]}. Please {INSTALL_HINT}.",
+                  RuntimeWarning, stacklevel=3)  # fmt: skip
 
 
 def run_sandboxed(
@@ -232,9 +298,9 @@ def run_sandboxed(
         if not getattr(limits, name) > 0:
             raise ValueError(f"limits.{name} must be positive, got {getattr(limits, name)!r}")
     if sandbox_available():
-        return _run(argv, workdir, readonly, limits, env, shutil.which("bwrap"))
+        return _run(argv, workdir, readonly, limits, env, _bwrap_executable())
     if require_sandbox:
-        why = "disabled by NPFL_COURSE_NO_BWRAP" if _forced_off() else _bwrap_self_test()
+        why = unavailable_reason()
         raise RuntimeError(f"require_sandbox=True but bubblewrap cannot isolate: {why}; "
                            f"{INSTALL_HINT}")  # fmt: skip
     _warn_fallback()
@@ -251,10 +317,9 @@ def _run(argv, workdir, readonly, limits, env, bwrap) -> SandboxResult:
         full_env = _environment(workdir, tmp, env)
         # Resolved here: the sandbox's PATH directories are mounted at the same places.
         command = shutil.which(argv[0], path=full_env["PATH"]) or argv[0]
-        if uid >= 0 and bwrap is None:
-            reach = (command, os.path.dirname(workdir))  # workdir itself gets chowned
-            if not all(map(_reachable_by_others, reach)):
-                uid = -1  # the sandbox uid could not run it: root without a process limit
+        # The workdir itself gets chowned; the rest must be reachable as it is.
+        if uid >= 0 and bwrap is None and not _others_can_run(command, os.path.dirname(workdir)):
+            uid = -1  # the sandbox uid could not run it: root, without a process limit
         nproc = limits.max_processes
         if uid < 0 and bwrap is None:
             # Our own uid, shared with everything else we run (approximate: concurrent
@@ -286,21 +351,35 @@ def _run(argv, workdir, readonly, limits, env, bwrap) -> SandboxResult:
         for reader in readers:
             reader.start()
         counts = []  # processes found when killing: how close it came to the limit
-        expired = threading.Event()
+        expired, over_memory, finished = threading.Event(), threading.Event(), threading.Event()
+        peak = [0.0]
 
         def expire():
             expired.set()
             counts.append(_kill_all(proc.pid, uid, bwrap is not None))
 
+        def watch_memory():
+            while not finished.wait(MEMORY_POLL_SECONDS):
+                used = memory_mib(proc.pid, uid)
+                peak[0] = max(peak[0], used)
+                if used > limits.memory_mb:
+                    over_memory.set()
+                    counts.append(_kill_all(proc.pid, uid, bwrap is not None))
+                    return
+
         timer = threading.Timer(limits.notebook_seconds, expire)
+        watchdog = threading.Thread(target=watch_memory, daemon=True)
         timer.start()
+        watchdog.start()
         try:
             # Block without reaping (no polling delay); while unreaped, proc.pid cannot be
             # reused, so the timer and the cleanup below never signal a stranger.
             os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
         finally:  # also on KeyboardInterrupt: never leave a submission running
             timer.cancel()
+            finished.set()
             timer.join()
+            watchdog.join()
             counts.append(_kill_all(proc.pid, uid, bwrap is not None))  # what it left behind
         returncode = proc.wait()
         duration = time.monotonic() - start
@@ -313,4 +392,11 @@ def _run(argv, workdir, readonly, limits, env, bwrap) -> SandboxResult:
     elif bwrap is not None and returncode > 128:
         returncode = 128 - returncode  # bwrap turns death by signal N into 128 + N
     timed_out, left = expired.is_set(), max(counts)
-    return _result(returncode, stdout, stderr, timed_out, limits, bwrap, duration, left)
+    result = _result(returncode, stdout, stderr, timed_out, limits, bwrap, duration, left)
+    result.peak_memory_mb = peak[0]
+    if over_memory.is_set() and not timed_out:
+        result.memory_exceeded = True
+        result.reason = (
+            f"memory limit exceeded ({limits.memory_mb} MB for all its processes together)"
+        )
+    return result

@@ -11,7 +11,7 @@ import signal
 from dataclasses import dataclass
 
 # Error texts of a failed allocation: Python, numpy, torch, C++, and the dynamic loader
-# (importing a big extension module under RLIMIT_AS fails in mmap).
+# (importing a big extension module under RLIMIT_DATA fails in mmap).
 _MEMORY_PATTERNS = re.compile(
     r"MemoryError|Cannot allocate memory|can't allocate memory|Unable to allocate"
     r"|std::bad_alloc|out of memory|failed to map segment from shared object"
@@ -19,7 +19,7 @@ _MEMORY_PATTERNS = re.compile(
 _PROCESS_PATTERNS = re.compile(
     r"Resource temporarily unavailable|can't start new thread|fork: retry|Cannot fork"
 )
-# Under RLIMIT_AS a failed stack or mmap growth ends in one of these signals.
+# Under RLIMIT_DATA a failed stack or mmap growth ends in one of these signals.
 _MEMORY_SIGNALS = (signal.SIGSEGV, signal.SIGBUS)
 
 
@@ -31,8 +31,10 @@ class Limits:
         notebook_seconds (float): Wall clock for the whole command, in seconds.
         cell_seconds (float): Per-cell limit; not enforced here but passed on to the worker
             that executes the notebook cell by cell.
-        memory_mb (int): Address-space limit (RLIMIT_AS) of every process, in MiB; also the
-            size of the private /tmp.
+        memory_mb (int): Memory of the command, in MiB: what each process may allocate
+            (RLIMIT_DATA) and what all its processes may use together (anonymous memory,
+            watched); also the size of the private /tmp. The default, 2048, is about three
+            times what grading this course's assignments needs (docs/benchmarks.md).
         max_processes (int): Processes and threads the command may have at once.
         network (bool): Whether the command may use the host's network.
     """
@@ -59,6 +61,8 @@ class SandboxResult:
         process_limit_hit (bool): A fork or thread failed for lack of processes (best effort).
         sandboxed (bool): Whether bwrap isolated it (False in the fallback).
         duration (float): Wall-clock seconds.
+        peak_memory_mb (float): The most anonymous memory its processes used together,
+            as sampled by the memory watchdog (MiB; 0 when it ended before the first look).
         reason (str | None): Readable reason for feedback, None when it exited with 0.
     """
 
@@ -71,6 +75,7 @@ class SandboxResult:
     sandboxed: bool = False
     duration: float = 0.0
     reason: str | None = None
+    peak_memory_mb: float = 0.0
 
 
 def _signal_name(number: int) -> str:

@@ -17,6 +17,7 @@ import time
 
 UID_BASE = 1_500_000_000  # unprivileged uids used when we are root: UID_BASE + slot
 UID_SLOTS = 4096
+MEMORY_POLL_SECONDS = 0.1
 
 # Runs first inside the sandbox (or as the fallback's child): drops to the unprivileged
 # uid, sets the limits, execs the command. Python rather than setpriv/prlimit so it works
@@ -29,7 +30,7 @@ def limit(res, val):
     hard = resource.getrlimit(res)[1]
     val = val if hard == resource.RLIM_INFINITY else min(val, hard)
     resource.setrlimit(res, (val, val))
-limit(resource.RLIMIT_AS, mem)
+limit(resource.RLIMIT_DATA, mem)
 limit(resource.RLIMIT_FSIZE, fsize)
 limit(resource.RLIMIT_CORE, 0)
 if uid >= 0:
@@ -110,6 +111,39 @@ def _descendants(root: int) -> list[int]:
     return found
 
 
+def _anonymous_kib(pid: int) -> int:
+    """The proportional share of anonymous memory (heap, stacks, tensors) of ``pid``, in KiB.
+
+    Shared library code and files mapped from disk do not count (the CUDA build of torch maps
+    gigabytes of them and touches little); pages shared with a forked parent count by share.
+    """
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss_Anon:"):
+                    return int(line.split()[1])
+        with open(f"/proc/{pid}/status") as f:  # kernels before 5.5: no Pss_Anon
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _members(pid: int, uid: int) -> list[int]:
+    """The processes of a sandboxed command: its tree, and as root everything of its uid."""
+    members = {pid, *_descendants(pid)}
+    if uid >= 0:
+        members.update(_pids_of_uid(uid))
+    return sorted(members)
+
+
+def memory_mib(pid: int, uid: int) -> float:
+    """Anonymous memory of the command ``pid`` and all its processes together, in MiB."""
+    return sum(_anonymous_kib(p) for p in _members(pid, uid)) / 1024
+
+
 def _kill_uid(uid: int) -> None:
     """SIGKILLs every process of ``uid`` until none is left."""
     for _ in range(100):  # a fork bomb may fork between the scan and the kill: repeat
@@ -157,11 +191,13 @@ def _chown_tree(root: str, uid: int, gid: int, only_uid: int | None = None) -> N
 
 
 def _reachable_by_others(path: str) -> bool:
-    """Whether an unprivileged uid can reach (and, for files, execute) ``path``."""
+    """Whether an unprivileged uid can reach ``path``: execute a file, list a directory."""
     path = _real(path)
     if not os.path.exists(path):
         return True  # nothing to reach: running it fails with "cannot execute" either way
     if os.path.isfile(path) and not os.stat(path).st_mode & 0o001:
+        return False
+    if os.path.isdir(path) and os.stat(path).st_mode & 0o005 != 0o005:
         return False
     parent = os.path.dirname(path) if os.path.isfile(path) else path
     while True:
