@@ -351,10 +351,10 @@ class Autograder:
         from npfl_course.autograde_preflight import preflight
 
         start = time.monotonic()
+        self._notebook_names()  # fails early if the assignment was never generated
         _, description = self.check_isolation()
         available = self.submitted_students()
         wanted = available if students is None else list(dict.fromkeys(students))
-        self._notebook_names()  # fails early if the assignment was never generated
         outcomes: dict[str, Outcome] = {}
         for student in wanted:
             if student not in available:

@@ -158,13 +158,8 @@ def _bwrap_executable() -> str | None:
 
 
 @functools.lru_cache(maxsize=4)
-def _self_test(bwrap: str | None) -> str | None:
+def _self_test(bwrap: str) -> str | None:
     """None when ``bwrap`` runs Python under our exact configuration, else why not."""
-    if bwrap is None:
-        named = os.environ.get("NPFL_COURSE_BWRAP")
-        if named is not None:
-            return f"NPFL_COURSE_BWRAP={named!r} names no executable"
-        return "bwrap is not installed"
     with tempfile.TemporaryDirectory() as tmp:
         try:
             result = _run([sys.executable, "-c", "print('ok')"], tmp, (), Limits(), None, bwrap)
@@ -176,7 +171,13 @@ def _self_test(bwrap: str | None) -> str | None:
 
 
 def _bwrap_self_test() -> str | None:
-    return _self_test(_bwrap_executable())
+    bwrap = _bwrap_executable()
+    if bwrap is not None:
+        return _self_test(bwrap)
+    named = os.environ.get("NPFL_COURSE_BWRAP")
+    if named is not None:
+        return f"NPFL_COURSE_BWRAP={named!r} names no executable"
+    return "bwrap is not installed"
 
 
 def _forced_off() -> bool:

@@ -20,10 +20,16 @@ import nbformat
 import pytest
 
 from npfl_course import autograde as ag
+from npfl_course.autograde_merge import infrastructure_failure
+from npfl_course.autograde_preflight import PreflightError, preflight
 from npfl_course.check import make_submission
 from npfl_course.course import generate_assignment, load_course
 from npfl_course.demo import tiny_course
-from npfl_course.sandbox import Limits, SandboxResult
+from npfl_course.sandbox import Limits, SandboxResult, isolation
+
+# Without bubblewrap autograde refuses unless told --no-sandbox; these tests then pass it,
+# as an instructor on such a machine would (CI runs them both ways, see .ci/run).
+UNSANDBOXED = isolation()[0] != "bwrap"
 
 LIMITS = Limits(notebook_seconds=120, cell_seconds=20)
 TESTS = {"test_add": 1.0, "test_mul": 2.0, "test_square": 1.0}
@@ -34,6 +40,15 @@ STUDENTS = {
     "wrong_mul": ({"mul": "def mul(a, b):\n    return a + b"}, {**TESTS, "test_mul": 0.0}),
     "wrong_add": ({"add": "def add(a, b):\n    return a - b"}, {**TESTS, "test_add": 0.0}),
     "no_square": ({"square": "x = 1"}, {**TESTS, "test_square": 0.0}),
+    # The standard library rebinds time.tzname in time.tzset() (pandas, datetime.strptime):
+    # that is not tampering.
+    "uses_strptime": (
+        {
+            "add": "import datetime, time\ndatetime.datetime.strptime('2024', '%Y')\ntime.tzset()\n"
+            "def add(a, b):\n    return a + b"
+        },
+        TESTS,
+    ),
 }
 
 
@@ -83,7 +98,7 @@ def _tree_hash(directory: Path) -> str:
 def parallel(generated, tmp_path_factory):
     """The course graded with two jobs: (course, report, executions)."""
     course = load_course(_copy(generated, tmp_path_factory.mktemp("parallel") / "course"))
-    grader = ag.Autograder(course, "tiny", jobs=2, limits=LIMITS)
+    grader = ag.Autograder(course, "tiny", jobs=2, limits=LIMITS, unsandboxed=UNSANDBOXED)
     report = grader.run(progress=False)
     return course, report, grader.executions
 
@@ -94,7 +109,7 @@ def test_scores_are_right_and_parallel_equals_sequential(parallel, generated, tm
     expected = {student: tests for student, (_, tests) in STUDENTS.items()}
     assert _scores(course) == expected, report.summary()
     sequential = load_course(_copy(generated, tmp_path / "course"))
-    ag.autograde(sequential, "tiny", jobs=1, limits=LIMITS, progress=False)
+    ag.autograde(sequential, "tiny", jobs=1, limits=LIMITS, progress=False, unsandboxed=UNSANDBOXED)
     assert _scores(sequential) == _scores(course)
 
 
@@ -112,7 +127,7 @@ def test_every_submission_is_graded_exactly_once(parallel):
     assert set(by_student["release"].lost) == set(TESTS)
     assert "NotImplementedError" in by_student["release"].lost["test_add"]
     summary = report.summary()
-    assert "graded: 5, failed: 0, skipped: 0" in summary and "wrong_mul" in summary
+    assert f"graded: {len(STUDENTS)}, failed: 0, skipped: 0" in summary and "wrong_mul" in summary
 
 
 @pytest.mark.slow
@@ -138,13 +153,15 @@ def test_gradebook_and_autograded_folder_are_consistent(parallel):
 def test_rerun_is_idempotent_and_force_regrades(parallel):
     course, _, _ = parallel
     before_scores, before_files = _scores(course), _tree_hash(course.root / "autograded")
-    grader = ag.Autograder(course, "tiny", jobs=2, limits=LIMITS)
+    grader = ag.Autograder(course, "tiny", jobs=2, limits=LIMITS, unsandboxed=UNSANDBOXED)
     report = grader.run(progress=False)
     assert grader.executions == 0
     assert {o.status for o in report.outcomes} == {"skipped"}
     assert _scores(course) == before_scores
     assert _tree_hash(course.root / "autograded") == before_files
-    grader = ag.Autograder(course, "tiny", jobs=2, limits=LIMITS, force=True)
+    grader = ag.Autograder(
+        course, "tiny", jobs=2, limits=LIMITS, force=True, unsandboxed=UNSANDBOXED
+    )
     report = grader.run(["wrong_add", "nobody"], progress=False)
     assert grader.executions == 1
     statuses = {o.student: o.status for o in report.outcomes}
@@ -162,7 +179,7 @@ def test_a_resubmission_or_an_interrupted_grading_is_graded_again(parallel):
     later = course.root / "submitted" / "release" / "tiny" / "timestamp.txt"
     later.write_text("2100-01-01 00:00:00 UTC")
     (course.root / "autograded" / "full" / "tiny" / ag.PENDING).touch()
-    grader = ag.Autograder(course, "tiny", jobs=2, limits=LIMITS)
+    grader = ag.Autograder(course, "tiny", jobs=2, limits=LIMITS, unsandboxed=UNSANDBOXED)
     report = grader.run(progress=False)
     graded = sorted(o.student for o in report.outcomes if o.status == "graded")
     assert graded == ["full", "release"] and grader.executions == 2
@@ -182,7 +199,9 @@ def test_the_configured_db_url_is_used(generated, tmp_path):
     assert course.db_url == f"sqlite:///{database}"
     ok, log = generate_assignment(course, "tiny", force=True)
     assert ok, log
-    report = ag.autograde(course, "tiny", students=["full"], limits=LIMITS, progress=False)
+    report = ag.autograde(
+        course, "tiny", students=["full"], limits=LIMITS, progress=False, unsandboxed=UNSANDBOXED
+    )
     assert report.outcomes[0].score == 4
     assert database.is_file() and not (directory / "gradebook.db").exists()
 
@@ -328,3 +347,118 @@ def test_bound_names_of_a_cell():
         "i",
     }
     assert bound_names("def (") is None
+
+
+# ----------------------------------------------------------------------------------
+# The machine: no sandbox, a broken set-up, a worker that fails
+# ----------------------------------------------------------------------------------
+
+
+def _fresh(generated: Path, target: Path):
+    return load_course(_copy(generated, target / "course"))
+
+
+def test_without_a_sandbox_grading_refuses_unless_told(generated, tmp_path, monkeypatch):
+    monkeypatch.setenv("NPFL_COURSE_BWRAP", "")  # as on a machine without bwrap
+    course = _fresh(generated, tmp_path)
+    with pytest.raises(ag.SandboxUnavailableError, match="--no-sandbox") as refused:
+        ag.autograde(course, "tiny", limits=LIMITS, progress=False)
+    assert "NPFL_COURSE_BWRAP" in str(refused.value) and "apt-get install bubblewrap" in str(
+        refused.value
+    )
+    assert not (course.root / "autograded").exists()
+    with course.gradebook() as gradebook:
+        assert gradebook.assignment_submissions("tiny") == []
+
+
+@pytest.mark.slow
+def test_a_broken_setup_stops_the_batch_at_the_preflight(generated, tmp_path):
+    course = _fresh(generated, tmp_path)
+    source = course.root / "source" / "tiny" / "tiny.ipynb"
+    notebook = nbformat.read(source, 4)
+    notebook.cells[0].source = "import npfl_missing_module\n" + notebook.cells[0].source
+    nbformat.write(notebook, source)
+    with pytest.raises(PreflightError) as stopped:
+        ag.autograde(course, "tiny", limits=LIMITS, progress=False, unsandboxed=UNSANDBOXED)
+    message = str(stopped.value)
+    assert "no student was graded" in message
+    assert "the instructor's solution got no score (failed)" in message
+    assert "No module named 'npfl_missing_module'" in message
+    assert not (course.root / "autograded").exists()
+    with course.gradebook() as gradebook:
+        assert gradebook.assignment_submissions("tiny") == []
+
+
+@pytest.mark.slow
+def test_a_passed_preflight_is_remembered(generated, tmp_path):
+    course = _fresh(generated, tmp_path)
+    first = preflight(course, "tiny", limits=LIMITS, unsandboxed=UNSANDBOXED)
+    again = preflight(course, "tiny", limits=LIMITS, unsandboxed=UNSANDBOXED)
+    assert (first.cached, again.cached) == (False, True) and again.seconds < 1
+    changed = preflight(course, "tiny", limits=Limits(memory_mb=1500), unsandboxed=UNSANDBOXED)
+    assert not changed.cached  # other limits: graded again
+
+
+@pytest.mark.slow
+def test_a_failing_locked_cell_is_a_failure_not_a_zero(generated, tmp_path):
+    # The set-up cell (locked, before any student code) imports torch through
+    # npfl_lib.grading; under too small a memory limit that fails for every submission,
+    # as a CUDA build under RLIMIT_AS did: nobody may get a 0 for it.
+    course = _fresh(generated, tmp_path)
+    small = Limits(notebook_seconds=120, cell_seconds=20, memory_mb=200)
+    report = ag.autograde(course, "tiny", students=["full", "wrong_mul"], limits=small,
+                          progress=False, unsandboxed=UNSANDBOXED, preflight=False)  # fmt: skip
+    assert [o.status for o in report.outcomes] == ["failed", "failed"]
+    for outcome in report.outcomes:
+        assert outcome.score is None
+        assert "not the student's fault" in outcome.notes[0]
+        # Which of the two depends on the torch build: the set-up cell's import fails, or
+        # the worker itself (which imports torch first) cannot start.
+        assert "before any student code ran" in outcome.notes[0] or (
+            "the grading worker did not start" in outcome.notes[0]
+        )
+        assert "memory limit exceeded (200 MB)" in outcome.notes[0]
+    assert "failed submissions have no score (not 0)" in report.summary()
+    with course.gradebook() as gradebook:
+        assert gradebook.assignment_submissions("tiny") == []  # no score recorded
+    assert not (course.root / "autograded" / "full" / "tiny").exists()  # a rerun grades it
+
+
+@pytest.mark.slow
+def test_a_worker_crash_is_a_failure_not_a_zero(generated, tmp_path, monkeypatch):
+    course = _fresh(generated, tmp_path)
+
+    def crashed(argv, **kwargs):  # the worker dies before writing anything
+        return SandboxResult(returncode=4, stdout="", stderr="npfl_course.execute: internal error")
+
+    monkeypatch.setattr(ag, "run_sandboxed", crashed)
+    report = ag.autograde(course, "tiny", students=["full"], limits=LIMITS, progress=False,
+                          unsandboxed=UNSANDBOXED, preflight=False)  # fmt: skip
+    (outcome,) = report.outcomes
+    assert outcome.status == "failed" and outcome.score is None
+    assert "the grading worker did not start" in outcome.notes[0]
+    monkeypatch.undo()  # the machine is fixed: the same submission is graded on a rerun
+    report = ag.autograde(course, "tiny", students=["full"], limits=LIMITS, progress=False,
+                          unsandboxed=UNSANDBOXED, preflight=False)  # fmt: skip
+    assert report.outcomes[0].status == "graded" and report.outcomes[0].score == 4
+
+
+def test_infrastructure_failure_tells_the_grader_from_the_student():
+    setup = nbformat.v4.new_code_cell("import torch")
+    setup.metadata["nbgrader"] = {"locked": True, "grade": False, "solution": False}
+    student = nbformat.v4.new_code_cell("import os\nos._exit(0)")
+    prepared = nbformat.v4.new_notebook(cells=[setup, nbformat.v4.new_markdown_cell("x"), student])
+    executed = json.loads(nbformat.writes(prepared))
+    ok = SandboxResult(0, "", "")
+
+    def run(cells_run, done, setup_outputs=()):
+        executed["cells"][0]["outputs"] = list(setup_outputs)
+        executed["metadata"]["npfl_execute"] = {"cells_run": cells_run, "done": done}
+        return infrastructure_failure(prepared, executed, ok, LIMITS)
+
+    assert run(3, True) is None
+    error = {"output_type": "error", "ename": "ImportError", "evalue": "no torch", "traceback": []}
+    assert "ImportError: no torch" in run(3, True, [error])
+    assert "before any student code ran" in run(0, False)  # died in the set-up cell
+    assert run(1, False) is None  # died in the student's cell (the markdown cell ran too)
+    assert "did not start" in infrastructure_failure(prepared, None, ok, LIMITS)

@@ -14,8 +14,11 @@ from npfl_course import cli
 from npfl_course.check import make_submission
 from npfl_course.course import REPO, CourseError, find_course_dir, load_course
 from npfl_course.demo import tiny_course
+from npfl_course.sandbox import isolation
 
 pytestmark = pytest.mark.filterwarnings("ignore::sqlalchemy.exc.SAWarning")  # nbgrader's
+# Without bubblewrap autograde refuses unless told --no-sandbox (CI runs both ways).
+NO_SANDBOX = ["--no-sandbox"] if isolation()[0] != "bwrap" else []
 COMMANDS = ["generate", "zip-collect", "autograde", "feedback", "export", "report", "check",
             "demo"]  # fmt: skip
 VARIANTS = """
@@ -104,12 +107,18 @@ def test_generate_collect_autograde_feedback_export_report(tmp_path, capsys):
     assert cli.main(["zip-collect", "tiny", str(downloads), *args]) == 0
     assert "collected 2 submission(s)" in capsys.readouterr().out
 
-    assert cli.main(["autograde", "tiny", "--jobs", "2", "--cell-timeout", "20", *args]) == 0
+    assert (
+        cli.main(["autograde", "tiny", "--jobs", "2", "--cell-timeout", "20", *args, *NO_SANDBOX])
+        == 0
+    )
     captured = capsys.readouterr()
     assert "graded: 2, failed: 0, skipped: 0" in captured.out
     assert "NotImplementedError" in captured.out  # bob's reasons
     assert "autograde tiny" in captured.err  # the progress bar
-    assert cli.main(["autograde", "tiny", "--student", "ann", "zed", "--quiet", *args]) == 1
+    assert (
+        cli.main(["autograde", "tiny", "--student", "ann", "zed", "--quiet", *args, *NO_SANDBOX])
+        == 1
+    )
     assert "skipped: 1" in capsys.readouterr().out  # ann: done; zed: no submission
 
     assert cli.main(["feedback", "tiny", *args]) == 0
@@ -158,6 +167,40 @@ def test_demo_runs_the_whole_job(tmp_path, capsys):
     for student in ("alice", "bob", "carol", "eve", "mallory", "oscar", "trudy"):
         assert (course / "autograded" / student / "regularization").is_dir(), student
     assert "GradingTamperError" in output and "SubmissionError" in output
+    assert output.strip().splitlines()[-1].startswith("demo OK: the full solution got full marks")
     assert (course / "reports" / "regularization.png").is_file()
     assert (course / "grades.csv").is_file()
     assert (course / "feedback" / "alice" / "regularization" / "regularization.html").is_file()
+
+
+def test_demo_checks_its_own_grades():
+    from npfl_course.autograde_outcome import Outcome, Report
+    from npfl_course.demo import _self_check
+
+    def report(**scores):
+        outcomes = [Outcome(s, "graded", score=v, max_score=10) for s, v in scores.items()]
+        return Report("regularization", outcomes, 1.0, 2, isolation="test")
+
+    assert _self_check(report(alice=10, bob=0, carol=7)) == []
+    problems = _self_check(report(alice=0, bob=3, carol=10))
+    assert len(problems) == 3
+    assert "the full solution (alice) got 0/10, not full marks" in problems[0]
+    assert "release (bob) got 3/10" in problems[1] and "carol got 10/10" in problems[2]
+
+
+def test_autograde_refuses_without_a_sandbox(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("NPFL_COURSE_BWRAP", "")
+    course = tiny_course(tmp_path / "course")
+    assert cli.main(["generate", "--course-dir", str(course)]) == 0
+    assert cli.main(["autograde", "tiny", "--course-dir", str(course)]) == 2
+    err = capsys.readouterr().err
+    assert "refusing to grade: NO sandbox" in err and "--no-sandbox" in err
+
+
+def test_doctor_says_what_the_grader_has(capsys):
+    status = cli.main(["doctor"])
+    out = capsys.readouterr().out
+    for label in ("python:", "torch:", "sandbox:", "memory:", "grading:"):
+        assert label in out
+    assert "grading: OK: torch" in out, out  # torch imports under the default limits
+    assert status == (0 if "sandbox: OK" in out else 1)
