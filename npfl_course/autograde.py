@@ -298,6 +298,8 @@ class Autograder:
                 if why is not None:
                     raise InfrastructureError(f"{name}: {why}")
                 notebook = merge(notebook, executed, result, self.limits)
+                if result is not None:
+                    outcome.peak_memory_mb = max(outcome.peak_memory_mb, result.peak_memory_mb)
                 done = (executed or {}).get("metadata", {}).get(META_KEY, {}).get("done")
                 if not done:
                     outcome.notes.append(f"{name}: {death_reason(result, self.limits)}")

@@ -27,6 +27,8 @@ class Outcome:
         lost (dict[str, str]): Test cells that lost points -> the reason (first error).
         notes (list[str]): Other readable remarks (restored cells, unreadable notebook, ...).
         seconds (float): Wall-clock time from preparing to saving.
+        peak_memory_mb (float): The most memory one of its notebooks used (all its
+            processes together, anonymous memory, MiB), as the sandbox's watchdog saw it.
     """
 
     student: str
@@ -36,6 +38,7 @@ class Outcome:
     lost: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    peak_memory_mb: float = 0.0
 
 
 @dataclass
@@ -64,6 +67,9 @@ class Report:
             f"  graded: {self.count('graded')}, failed: {self.count('failed')}, "
             f"skipped: {self.count('skipped')}",
         ]
+        peak = max((o.peak_memory_mb for o in self.outcomes), default=0.0)
+        if peak:
+            lines.append(f"  peak memory of a notebook: {peak:.0f} MiB")
         if self.preflight is not None:
             how = "remembered" if self.preflight.cached else f"{self.preflight.seconds:.1f} s"
             lines.append(f"  preflight: the solution got full marks, the release 0 ({how})")

@@ -190,8 +190,10 @@ def unavailable_reason() -> str | None:
 
 
 def _others_can_run(command: str, workdir_parent: str) -> bool:
-    """Whether an unprivileged uid can run ``command`` with this Python's packages."""
-    needed = [command, workdir_parent, *_python_paths()]
+    """Whether an unprivileged uid can run ``command`` (this Python: with its packages)."""
+    needed = [command, workdir_parent]
+    if _real(command) == _real(sys.executable):
+        needed += _python_paths()
     return all(_reachable_by_others(path) for path in needed)
 
 

@@ -29,7 +29,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::nbformat.warnings.DuplicateCell
 LIMITS = Limits(notebook_seconds=90, cell_seconds=4, memory_mb=2048, max_processes=64)
 POINTS = {"test_add": 1, "test_mul": 2, "test_square": 1}
 WRONG_MUL = "def mul(a, b):\n    return a + b"
-GRADING_OUTPUTS = ("autograded", "gradebook.db")  # what grading may write in the course
+# What grading may write in the course (.npfl-preflight.json: the remembered preflight).
+GRADING_OUTPUTS = ("autograded", "gradebook.db", ".npfl-preflight.json")
 SANDBOX_ONLY = {"read_course_files", "write_outside_its_folder", "open_a_network_connection"}
 # Without bubblewrap, autograde needs --no-sandbox. As root it then runs student code as an
 # unprivileged uid of its own ("uid"), which keeps the course's files safe; where it cannot

@@ -162,6 +162,33 @@ def test_memory_below_the_limit_is_fine(workdir, mode):
     assert (result.returncode, result.memory_exceeded) == (0, False)
 
 
+def test_processes_together_are_held_to_the_limit(workdir, mode):
+    # Each process stays under the per-process limit; together they exceed it, which only
+    # the watchdog over all the command's processes sees.
+    code = textwrap.dedent("""
+        import os, time
+        for _ in range(3):
+            if os.fork() == 0:
+                break
+        block = bytearray(120 * 2 ** 20)  # touched: resident, anonymous
+        time.sleep(30)
+    """)
+    result = _run(code, workdir, mode, limits=Limits(notebook_seconds=20, memory_mb=256))
+    assert result.memory_exceeded and not result.timed_out and result.duration < 15
+    assert result.reason == "memory limit exceeded (256 MB for all its processes together)"
+    assert result.peak_memory_mb > 256
+
+
+def test_torch_imports_under_the_default_limits(workdir, mode):
+    # RLIMIT_AS of 2048 MB made the CUDA build's import fail ("failed to map segment").
+    code = "import torch; print(torch.ones(3).sum().item(), repr(torch.cuda.is_available()))"
+    limits = Limits(notebook_seconds=120)
+    result = run_sandboxed([sys.executable, "-c", code], workdir=workdir, limits=limits)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["3.0", "False"]  # grading is on the CPU
+    assert 0 < result.peak_memory_mb < Limits().memory_mb
+
+
 def test_fork_bomb_is_contained(workdir, mode):
     token = f"fork_{uuid.uuid4().hex}"
     # Survives failed forks, so only the process limit and the wall clock stop it.
@@ -203,6 +230,7 @@ def test_environment_is_minimal(workdir, mode, monkeypatch):
     assert "NPFL_SECRET_TOKEN" not in env
     assert env["HOME"] == str(workdir.resolve())
     assert (env["OMP_NUM_THREADS"], env["MPLBACKEND"], env["EXTRA"]) == ("1", "Agg", "1")
+    assert env["CUDA_VISIBLE_DEVICES"] == ""
     assert env["PYTHONDONTWRITEBYTECODE"] == "1" and "LANG" in env and "PATH" in env
     # The sandbox uid has no passwd entry: getpass must still work (torch's caches use it).
     assert _run("import getpass; print(getpass.getuser())", workdir, mode).stdout == "student\n"
@@ -346,14 +374,18 @@ def test_fallback_warns_once_and_require_sandbox_raises(workdir, monkeypatch):
             assert run_sandboxed(["true"], workdir=workdir).sandboxed is False
     messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     assert len(messages) == 1
-    assert "NOT isolated" in messages[0] and "apt-get install bubblewrap" in messages[0]
+    assert "NO sandbox" in messages[0] and "apt-get install bubblewrap" in messages[0]
     with pytest.raises(RuntimeError, match="require_sandbox"):
         run_sandboxed(["true"], workdir=workdir, require_sandbox=True)
 
 
 def test_self_test_reports_missing_bwrap(monkeypatch):
     monkeypatch.setattr(sandbox.shutil, "which", lambda name, *a, **k: None)
-    assert sandbox._bwrap_self_test.__wrapped__() == "bwrap is not installed"
+    monkeypatch.delenv("NPFL_COURSE_BWRAP", raising=False)
+    assert sandbox._bwrap_self_test() == "bwrap is not installed"
+    monkeypatch.setenv("NPFL_COURSE_BWRAP", "")
+    assert sandbox._bwrap_self_test() == "NPFL_COURSE_BWRAP='' names no executable"
+    assert sandbox.isolation()[1].startswith("NO sandbox (NPFL_COURSE_BWRAP='' names no")
 
 
 def test_readonly_mounts_never_expose_the_course(workdir):
