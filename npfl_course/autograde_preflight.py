@@ -40,7 +40,7 @@ SOLUTION, RELEASE = "preflight-solution", "preflight-release"
 
 
 class PreflightError(RuntimeError):
-    """The instructor's solution lost points or the release earned some: grading stopped."""
+    """The solution lost autograded points or the release earned some: grading stopped."""
 
 
 @dataclass
@@ -154,10 +154,10 @@ def preflight(course: Course, assignment: str, *, limits: Limits, jobs: int = 2,
     outcomes = {outcome.student: outcome for outcome in report.outcomes}
     solution, release = outcomes[SOLUTION], outcomes[RELEASE]
     problems = []
-    full = bool(solution.max_score) and solution.score == solution.max_score
-    if solution.status != "graded" or not full:
-        problems += [f"  the instructor's solution got {_score(solution)} instead of full marks:",
-                     *_describe(solution)]  # fmt: skip
+    # Full marks on every autograded test (manually graded answers score 0 until graded).
+    if solution.status != "graded" or solution.lost:
+        problems += [f"  the instructor's solution got {_score(solution)} and lost points "
+                     "on autograded tests:", *_describe(solution)]  # fmt: skip
     if release.status != "graded" or release.score != 0:
         problems += [f"  the untouched release got {_score(release)} instead of 0:",
                      *_describe(release)]  # fmt: skip

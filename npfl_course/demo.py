@@ -138,15 +138,15 @@ def _self_check(report) -> list[str]:
     """What the demo's grades get wrong: the known answers of its generated submissions."""
     outcomes = {outcome.student: outcome for outcome in report.outcomes}
     problems = []
-    full = outcomes.get("alice")
-    if full is None or full.score is None or full.score != full.max_score:
+    full = outcomes.get("alice")  # full marks on every autograded test
+    if full is None or full.score is None or full.lost:
         problems.append(f"the full solution (alice) got {_score(full)}, not full marks")
     release = outcomes.get("bob")
     if release is None or release.score != 0:
         problems.append(f"the untouched release (bob) got {_score(release)}, not 0")
     for student in ("carol", "dave", "erin"):
         wrong = outcomes.get(student)
-        if wrong is not None and (wrong.score is None or wrong.score >= (wrong.max_score or 0)):
+        if wrong is not None and (wrong.score is None or not wrong.lost):
             problems.append(f"the wrong solution of {student} got {_score(wrong)}")
     failed = [o.student for o in report.outcomes if o.status == "failed"]
     if failed:

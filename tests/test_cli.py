@@ -178,7 +178,10 @@ def test_demo_checks_its_own_grades():
     from npfl_course.demo import _self_check
 
     def report(**scores):
-        outcomes = [Outcome(s, "graded", score=v, max_score=10) for s, v in scores.items()]
+        outcomes = [
+            Outcome(s, "graded", score=v, max_score=10, lost={} if v == 10 else {"t": "x"})
+            for s, v in scores.items()
+        ]
         return Report("regularization", outcomes, 1.0, 2, isolation="test")
 
     assert _self_check(report(alice=10, bob=0, carol=7)) == []
