@@ -158,8 +158,9 @@ def grade(
         # The instructor's own notebooks and variants: they may run unsandboxed where no
         # sandbox exists (autograde refuses student code there without --no-sandbox).
         unsandboxed = ["--no-sandbox"] if isolation()[0] != "bwrap" else []
+        # --no-preflight: grading the source and the release is what check does anyway.
         graded.log += _cli(course, "autograde", name, "--jobs", str(jobs()), "--quiet",
-                           *unsandboxed)  # fmt: skip
+                           "--no-preflight", *unsandboxed)  # fmt: skip
     graded.autograde_seconds = time.perf_counter() - start
     _read_scores(course, name, graded)
     for student in submissions:

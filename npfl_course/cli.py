@@ -84,8 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--memory", type=_positive(int), default=None, metavar="MB",
                      help="memory per notebook in MiB: what each of its processes may "
                      "allocate and what all of them may use together (default 2048; "
-                     "grading this course's assignments peaks below 700, with the CPU "
-                     "or the CUDA build of torch)")  # fmt: skip
+                     "grading this course's assignments peaks below 500)")  # fmt: skip
     sub.add_argument("--student", nargs="+", default=None, metavar="ID",
                      help="grade only these students")  # fmt: skip
     sub.add_argument("--force", action="store_true", help="grade again what is graded")

@@ -33,8 +33,9 @@ class Limits:
             that executes the notebook cell by cell.
         memory_mb (int): Memory of the command, in MiB: what each process may allocate
             (RLIMIT_DATA) and what all its processes may use together (anonymous memory,
-            watched); also the size of the private /tmp. The default, 2048, is about three
-            times what grading this course's assignments needs (docs/benchmarks.md).
+            watched); also the size of the private /tmp. The default, 2048, is more than four
+            times what grading this course's assignments needs (453 MiB at most,
+            measured with the CUDA build of torch; docs/benchmarks.md).
         max_processes (int): Processes and threads the command may have at once.
         network (bool): Whether the command may use the host's network.
     """
