@@ -132,11 +132,9 @@ def _anonymous_kib(pid: int) -> int:
 
 
 def _members(pid: int, uid: int) -> list[int]:
-    """The processes of a sandboxed command: its tree, and as root everything of its uid."""
-    members = {pid, *_descendants(pid)}
-    if uid >= 0:
-        members.update(_pids_of_uid(uid))
-    return sorted(members)
+    """The processes of a sandboxed command: as root those of its uid (which includes any
+    that left the tree), else its tree; one scan of /proc either way."""
+    return _pids_of_uid(uid) if uid >= 0 else [pid, *_descendants(pid)]
 
 
 def memory_mib(pid: int, uid: int) -> float:
