@@ -401,23 +401,38 @@ def test_a_passed_preflight_is_remembered(generated, tmp_path):
 
 @pytest.mark.slow
 def test_a_failing_locked_cell_is_a_failure_not_a_zero(generated, tmp_path):
-    # The set-up cell (locked, before any student code) imports torch through
-    # npfl_lib.grading; under too small a memory limit that fails for every submission,
-    # as a CUDA build under RLIMIT_AS did: nobody may get a 0 for it.
+    # The set-up cell (locked, before any student code) fails for every submission, as when
+    # torch cannot be imported on the grading machine: nobody may get a 0 for it. The
+    # instructor's copy of the cell (gradebook, release) and the students' agree.
     course = _fresh(generated, tmp_path)
-    small = Limits(notebook_seconds=120, cell_seconds=20, memory_mb=200)
-    report = ag.autograde(course, "tiny", students=["full", "wrong_mul"], limits=small,
+    from nbgrader.utils import compute_checksum
+
+    broken = "import npfl_missing_module"
+    paths = [course.root / "release" / "tiny" / "tiny.ipynb"]
+    paths += [course.root / "submitted" / s / "tiny" / "tiny.ipynb" for s in ("full", "wrong_mul")]
+    for path in paths:
+        notebook = nbformat.read(path, 4)
+        setup = next(
+            c for c in notebook.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "setup"
+        )
+        setup.source = broken
+        setup.metadata.nbgrader["checksum"] = checksum = compute_checksum(setup)
+        nbformat.write(notebook, path)
+    with course.gradebook() as gradebook:
+        cell = gradebook.find_source_cell("setup", "tiny", "tiny")
+        cell.source, cell.checksum = broken, checksum
+        gradebook.db.commit()
+    report = ag.autograde(course, "tiny", students=["full", "wrong_mul"], limits=LIMITS,
                           progress=False, unsandboxed=UNSANDBOXED, preflight=False)  # fmt: skip
     assert [o.status for o in report.outcomes] == ["failed", "failed"]
     for outcome in report.outcomes:
         assert outcome.score is None
         assert "not the student's fault" in outcome.notes[0]
-        # Which of the two depends on the torch build: the set-up cell's import fails, or
-        # the worker itself (which imports torch first) cannot start.
-        assert "before any student code ran" in outcome.notes[0] or (
-            "the grading worker did not start" in outcome.notes[0]
+        assert (
+            "cell 0, which students cannot edit, failed before any student code ran"
+            in (outcome.notes[0])
         )
-        assert "memory limit exceeded (200 MB)" in outcome.notes[0]
+        assert "No module named 'npfl_missing_module'" in outcome.notes[0]
     assert "failed submissions have no score (not 0)" in report.summary()
     with course.gradebook() as gradebook:
         assert gradebook.assignment_submissions("tiny") == []  # no score recorded
