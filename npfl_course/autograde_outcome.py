@@ -40,6 +40,13 @@ class Outcome:
     seconds: float = 0.0
     peak_memory_mb: float = 0.0
 
+    @property
+    def score_text(self) -> str:
+        """``"7/10"``, or ``"no score (failed)"`` when it has none."""
+        if self.score is None:
+            return f"no score ({self.status})"
+        return f"{self.score:g}/{self.max_score:g}"
+
 
 @dataclass
 class Report:
@@ -80,7 +87,7 @@ class Report:
         for outcome in self.outcomes:
             if not details and outcome.status != "failed":
                 continue  # the short summary still says why each failure failed
-            score = f"{outcome.score:g}/{outcome.max_score:g}" if outcome.score is not None else "-"
+            score = outcome.score_text if outcome.score is not None else "-"
             lines.append(f"  {outcome.student:<24} {outcome.status:<8} {score}")
             for grade_id, reason in outcome.lost.items():
                 lines.append(f"      {grade_id}: {reason}")

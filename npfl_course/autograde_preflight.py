@@ -92,12 +92,6 @@ def _submit(course: Course, assignment: str, student: str, notebooks: dict) -> N
         nbformat.write(notebook, folder / f"{name}.ipynb")
 
 
-def _score(outcome: Outcome) -> str:
-    if outcome.score is None:
-        return f"no score ({outcome.status})"
-    return f"{outcome.score:g}/{outcome.max_score:g}"
-
-
 def _describe(outcome: Outcome) -> list[str]:
     lines = [f"    {grade_id}: {reason}" for grade_id, reason in outcome.lost.items()]
     return lines + [f"    note: {note}" for note in outcome.notes]
@@ -156,10 +150,10 @@ def preflight(course: Course, assignment: str, *, limits: Limits, jobs: int = 2,
     problems = []
     # Full marks on every autograded test (manually graded answers score 0 until graded).
     if solution.status != "graded" or solution.lost:
-        problems += [f"  the instructor's solution got {_score(solution)} and lost points "
+        problems += [f"  the instructor's solution got {solution.score_text} and lost points "
                      "on autograded tests:", *_describe(solution)]  # fmt: skip
     if release.status != "graded" or release.score != 0:
-        problems += [f"  the untouched release got {_score(release)} instead of 0:",
+        problems += [f"  the untouched release got {release.score_text} instead of 0:",
                      *_describe(release)]  # fmt: skip
     if problems:
         raise PreflightError("\n".join([

@@ -159,7 +159,7 @@ def _score(outcome) -> str:
         return "no outcome"
     if outcome.score is None:
         return f"no score ({outcome.status}: {'; '.join(outcome.notes)[:300]})"
-    return f"{outcome.score:g}/{outcome.max_score:g}"
+    return outcome.score_text
 
 
 # ----------------------------------------------------------------------------------

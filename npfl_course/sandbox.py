@@ -239,7 +239,7 @@ def sandbox_available() -> bool:
     Returns:
         bool: False when bwrap is missing, fails its self-test, or NPFL_COURSE_NO_BWRAP=1.
     """
-    return not _forced_off() and _bwrap_self_test() is None
+    return unavailable_reason() is None
 
 
 _warned = threading.Event()
