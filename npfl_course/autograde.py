@@ -14,8 +14,10 @@ through nbgrader's ``Autograde`` converter in three phases:
    empty file, not a notebook) or is missing becomes the released notebook whose code
    cells all fail with the reason, so it scores 0 instead of breaking the batch.
 2. *execute* (``--jobs`` worker threads): the prepared notebook, copied into a scratch
-   folder with only that submission's files, runs in ``python -m npfl_course.execute``
-   under ``npfl_course.sandbox.run_sandboxed`` (time, memory and process limits, no
+   folder with only that submission's files, runs in a Jupyter kernel driven by
+   ``python -m npfl_course.worker`` (:mod:`npfl_course.worker`: nbclient with nbgrader's
+   settings, so cells behave as in JupyterLab and in stock nbgrader) under
+   ``npfl_course.sandbox.run_sandboxed`` (time, memory and process limits, no
    network, no view of the course). A worker that dies (memory, ``os._exit``, a signal,
    the notebook time limit) keeps the outputs of the cells it finished; the others get
    a ``DeadKernelError`` saying why.
@@ -37,7 +39,9 @@ module schedules the submissions through the phases (:class:`Autograder`).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import glob
 import json
 import logging
@@ -46,6 +50,7 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -75,8 +80,8 @@ from npfl_course.autograde_outcome import Outcome, Report, lost_tests, stopped_c
 from npfl_course.autograde_restore import RestoreCells as RestoreCells
 from npfl_course.autograde_restore import _first_line, _read_submitted
 from npfl_course.course import Course
-from npfl_course.execute import META_KEY
 from npfl_course.sandbox import INSTALL_HINT, Limits, isolation, run_sandboxed
+from npfl_course.worker import META_KEY, build_matplotlib_cache, copy_matplotlib_cache, worker_command
 
 PENDING = ".npfl-autograde-pending"  # in autograded/<student>/<assignment>/ until saved
 
@@ -271,9 +276,9 @@ class Autograder:
                 shutil.copytree(job.dest, workdir, symlinks=True, dirs_exist_ok=True,
                                 ignore=shutil.ignore_patterns(PENDING))  # fmt: skip
                 out = f".{name}.executed.ipynb"
-                argv = [sys.executable, "-I", "-m", "npfl_course.execute", f"{name}.ipynb", out,
-                        "--cell-timeout", f"{self.limits.cell_seconds:g}",
-                        "--memory-mb", str(self.limits.memory_mb)]  # fmt: skip
+                argv = worker_command(f"{name}.ipynb", out, self.limits.cell_seconds,
+                                      self.limits.memory_mb)  # fmt: skip
+                copy_matplotlib_cache(_matplotlib_cache(), workdir)
                 self.executions += 1
                 result = run_sandboxed(argv, workdir=workdir, limits=self.limits, env=self.env,
                                        require_sandbox=not self.unsandboxed)  # fmt: skip
@@ -422,6 +427,22 @@ class Autograder:
     def _dest(self, student: str) -> Path:
         coursedir = self.course.coursedir
         return Path(coursedir.format_path(coursedir.autograded_directory, student, self.assignment))
+
+
+_MATPLOTLIB_LOCK = threading.Lock()
+
+
+def _matplotlib_cache() -> Path | None:
+    """matplotlib's font cache for the workers, built once per process."""
+    with _MATPLOTLIB_LOCK:
+        return _build_matplotlib_cache()
+
+
+@functools.cache
+def _build_matplotlib_cache() -> Path | None:
+    folder = tempfile.mkdtemp(prefix="npfl-matplotlib-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return build_matplotlib_cache(folder)
 
 
 def autograde(course: Course, assignment: str, *, students: list[str] | None = None,

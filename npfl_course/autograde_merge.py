@@ -14,7 +14,7 @@ from pathlib import Path
 
 import nbformat
 
-from npfl_course.execute import EXIT_INTERNAL, META_KEY, is_trusted
+from npfl_course.worker import EXIT_INTERNAL, META_KEY, is_trusted
 from npfl_course.sandbox import Limits, SandboxResult
 
 MAX_EXECUTED_BYTES = 64 << 20  # a worker's output notebook larger than this is not read

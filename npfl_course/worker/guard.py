@@ -1,11 +1,24 @@
-"""The worker's guard against tampering with the grading environment.
+"""The guard against tampering with the grading environment, inside the student's kernel.
 
-Part of the worker (:mod:`npfl_course.execute`): after every cell, :class:`_Guard`
-compares the grading environment with a snapshot taken before any student code ran
-(builtins, the protected modules and namespaces, the code of their functions, the
-IPython shell's methods, hooks and transformers, trace and profile functions, and the
-names the assignment's locked cells bound) and names the first difference; it can put
-the snapshot back. Adding audit hooks is refused (:func:`_refuse_audit_hooks`).
+The worker's driver (:mod:`npfl_course.worker.driver`) calls :func:`install` in the
+freshly started kernel, before the first cell, and :func:`check` after every cell (both as
+silent requests: they leave no trace in the notebook, its history or its execution
+counts).
+
+:func:`install` makes the protected packages (:data:`PROTECTED_ROOTS`) importable only
+from the Python installation (a submission's ``torch.py`` or ``npfl_lib/`` cannot shadow
+them; its other files import as in JupyterLab), imports numpy, torch and npfl_lib, and
+takes a snapshot of the grading environment: builtins, the protected modules and
+namespaces, the code of their functions, the IPython shell's methods, hooks and
+transformers, trace and profile functions. :func:`check` compares with it and names the
+first difference (the driver then fails the cell with ``GradingTamperError`` and runs no
+further cell). After a locked cell it also protects the names that cell bound, and adds
+the protected modules it imported (e.g. ``npfl_lib.grading``) to the snapshot. Adding
+audit hooks is refused.
+
+The limit of this: student code runs in the same interpreter as the tests, so code that
+patches memory directly (ctypes), or objects that misbehave when the tests inspect them,
+can still mislead a test; the guard catches the routes above, not every conceivable one.
 """
 
 from __future__ import annotations
@@ -20,7 +33,7 @@ from typing import Any
 
 _MISSING = object()
 
-PROTECTED_ROOTS = ("npfl_lib", "npfl_course", "torch", "numpy", "IPython")
+PROTECTED_ROOTS = ("npfl_lib", "npfl_course", "torch", "numpy", "IPython", "ipykernel")
 # Standard-library namespaces: the standard library rebinds their data as it works (e.g.
 # time.tzset(), called by pandas and by the first datetime.strptime, rebinds time.tzname),
 # so only their functions, classes and modules, which grading calls, are compared.
@@ -30,7 +43,10 @@ PROTECTED_NAMESPACES = (
     "torch", "torch.nn", "torch.nn.functional", "torch.autograd", "numpy", *STDLIB_NAMESPACES,
 )  # fmt: skip
 # Where stdlib modules' state changes legitimately (sys.stdout, sys.last_value, ...).
-VOLATILE = {"sys": {"stdout", "stderr", "stdin", "displayhook", "excepthook", "ps1", "ps2",
+# ipykernel binds builtins.input anew for every request (to its stdin channel), IPython
+# builtins.get_ipython (a new bound method) for every cell.
+VOLATILE = {"builtins": {"input", "get_ipython"},
+            "sys": {"stdout", "stderr", "stdin", "displayhook", "excepthook", "ps1", "ps2",
                     "last_type", "last_value", "last_traceback", "last_exc", "tracebacklimit",
                     "path_importer_cache", "_jit"}}  # fmt: skip
 # IPython shell attributes whose replacement on the instance would change what a cell does.
@@ -64,25 +80,6 @@ def _functions(namespace: dict) -> list[types.FunctionType]:
             if isinstance(inner, types.FunctionType):
                 found.append(inner)
     return found
-
-
-def bound_names(source: str) -> set[str] | None:
-    """Names a cell binds at its top level (assignments, imports, defs), None if unparsable."""
-    try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError):
-        return None
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
-            names.add(node.id)
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            names.add(node.name)
-        elif isinstance(node, ast.alias):
-            names.add((node.asname or node.name).split(".")[0])
-        elif isinstance(node, (ast.Global, ast.Nonlocal)):
-            names.update(node.names)
-    return names
 
 
 class _Guard:
@@ -123,6 +120,8 @@ class _Guard:
                             functions[id(function)] = function
         self.functions = [(f, self._function_state(f)) for f in functions.values()]
         self.hooks = self._hooks()
+        # ipykernel itself keeps some on the instance (e.g. _showtraceback, after start-up).
+        self.shell_methods = {m: vars(shell).get(m, _MISSING) for m in SHELL_METHODS}
         # torch wraps torch.manual_seed with torch._disable_dynamo when torch._dynamo is
         # first imported (e.g. by an optimizer's step): such a wrapper calls the original.
         disable = getattr(self.modules.get("torch"), "_disable_dynamo", None)
@@ -174,6 +173,12 @@ class _Guard:
                 if current.get(key, _MISSING) is not value:
                     with contextlib.suppress(AttributeError, TypeError):
                         setattr(obj, key, value)
+        shell_dict = vars(self.shell)
+        for method, saved in self.shell_methods.items():
+            if saved is _MISSING:
+                shell_dict.pop(method, None)
+            else:
+                shell_dict[method] = saved
         for function, (code, defaults, kwdefaults, cells) in self.functions:
             function.__code__, function.__defaults__ = code, defaults
             function.__kwdefaults__ = kwdefaults
@@ -228,8 +233,8 @@ class _Guard:
             if not same:
                 return f"{what} were replaced" if what.endswith("s") else f"{what} was replaced"
         shell_dict = vars(self.shell)
-        for method in SHELL_METHODS:
-            if method in shell_dict:
+        for method, saved in self.shell_methods.items():
+            if shell_dict.get(method, _MISSING) is not saved:
                 return f"the shell's method {method} was replaced"
         for event, callbacks in self.shell.events.callbacks.items():
             for callback in callbacks:
@@ -284,3 +289,171 @@ def _refuse_audit_hooks(attempts: list[str]) -> None:
             raise RuntimeError("audit hooks are not allowed while grading")
 
     sys.addaudithook(hook)
+
+
+# ----------------------------------------------------------------------------------
+# In the kernel: install() before the first cell, check() after every cell
+# ----------------------------------------------------------------------------------
+
+PREIMPORTED = ("numpy", "torch", "npfl_lib")
+
+
+class _State:
+    """The guard's state in the kernel, in one object (the guard checks module globals)."""
+
+    guard: _Guard | None = None
+    attempts: list[str] = []
+    own: list[tuple[Any, str, types.FunctionType, types.CodeType]] = []
+    saved_builtins: list[tuple[str, Any]] = []
+    roots: tuple[str, ...] = ()  # where protected modules may come from
+    meta_path: list[Any] = []  # the import machinery at install, without our finder
+
+
+def _within(path: str, root: str) -> bool:
+    import os
+
+    path, root = os.path.realpath(path), os.path.realpath(root)
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _installed(path: str | None) -> bool:
+    return bool(path) and not path.startswith("<") and any(_within(path, r) for r in _State.roots)
+
+
+class _ProtectedImports:
+    """First on ``sys.meta_path``: protected packages come from the installation only.
+
+    Their top-level modules are looked up with the finders and ``sys.path`` entries of the
+    kernel's start, without the notebook's folder, so a
+    submission's ``torch.py`` or ``npfl_lib/`` cannot stand in for them.
+    """
+
+    @staticmethod
+    def find_spec(fullname, path=None, target=None):
+        import importlib.machinery
+
+        if path is not None or fullname.split(".")[0] not in PROTECTED_ROOTS:
+            return None
+        for finder in _State.meta_path:
+            if finder is importlib.machinery.PathFinder:
+                spec = finder.find_spec(fullname, list(_State.roots))
+            else:
+                spec = getattr(finder, "find_spec", lambda *a: None)(fullname, None)
+            if spec is not None and (spec.origin in (None, "built-in", "frozen")
+                                     or _installed(spec.origin)):  # fmt: skip
+                return spec
+        raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
+
+
+def _trusted_roots() -> tuple[str, ...]:
+    import os
+
+    # The sandbox clears PYTHONPATH and the user site: of the kernel's sys.path, only the
+    # notebook's folder is the student's.
+    folder = os.getcwd()
+    roots = [e for e in sys.path if e not in ("", ".") and not _within(e, folder)]
+    for finder in sys.meta_path:  # setuptools' editable finders map package -> source dir
+        module = sys.modules.get(getattr(finder, "__module__", ""))
+        mapping = getattr(finder, "MAPPING", getattr(module, "MAPPING", None))
+        if isinstance(mapping, dict):
+            roots += [os.path.dirname(str(p)) for p in mapping.values()]
+    return tuple(dict.fromkeys(roots))
+
+
+def _own_functions() -> list[tuple[Any, str, types.FunctionType, types.CodeType]]:
+    """(owner, name, function, code) of every function of this module and its classes."""
+    module = sys.modules[__name__]
+    found = []
+    for owner in [module] + [v for v in vars(module).values() if isinstance(v, type)]:
+        for name, value in vars(owner).items():
+            if isinstance(value, types.FunctionType) and value.__module__ == __name__:
+                found.append((owner, name, value, value.__code__))
+    return found
+
+
+def install() -> None:
+    """Called once in the new kernel, before any cell: imports and snapshots (see above)."""
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    if shell is None:
+        raise RuntimeError("npfl_course.worker.guard.install() runs in an IPython kernel")
+    _State.roots = _trusted_roots()
+    _State.meta_path = list(sys.meta_path)
+    sys.meta_path.insert(0, _ProtectedImports)
+    gc_was_enabled = __import__("gc").isenabled()
+    __import__("gc").disable()  # importing torch with the collector off takes ~15 % less CPU
+    try:
+        for name in PREIMPORTED:
+            with contextlib.suppress(ImportError):
+                __import__(name)
+    finally:
+        if gc_was_enabled:
+            __import__("gc").freeze()  # what the imports made stays: collections skip it
+            __import__("gc").enable()
+    _State.guard = _Guard(shell)
+    _State.guard.attempts = _State.attempts
+    volatile = VOLATILE["builtins"]
+    _State.saved_builtins = [(k, v) for k, v in _State.guard.builtins.items() if k not in volatile]
+    _State.own = _own_functions()
+    _refuse_audit_hooks(_State.attempts)
+
+
+def _new_protected_modules(guard: _Guard) -> list[str]:
+    return [
+        name
+        for name, module in list(sys.modules.items())
+        if name.split(".")[0] in PROTECTED_ROOTS and name not in guard.modules and module
+    ]
+
+
+def _foreign_code(names: list[str]) -> str | None:
+    """A newly imported protected module that is not the installed one, or holds code
+    that is not (a student imported it first and patched it)."""
+    for name in names:
+        module = sys.modules[name]
+        path = getattr(module, "__file__", None)
+        if path is not None and not _installed(path):
+            return f"the module {name} was not imported from the installation ({path})"
+        for key, value in list(vars(module).items()):
+            if isinstance(value, types.FunctionType) and not _installed(value.__code__.co_filename):
+                return f"{name}.{key} was replaced or removed"
+    return None
+
+
+def check(index: int, trusted: bool, bound: list[str] | None) -> str | None:
+    """After cell ``index``: the first difference from the snapshot, or None.
+
+    ``trusted``: the cell is the instructor's (locked); ``bound``: the names it binds at
+    its top level (None: unknown, any).
+    """
+    replaced = None  # builtins first, inline: everything below relies on them
+    for key, value in _State.saved_builtins:
+        if _BUILTINS.get(key, _MISSING) is not value:
+            _BUILTINS[key], replaced = value, replaced or key
+    problem = f"builtins.{replaced} was replaced" if replaced else None
+    for owner, name, function, code in _State.own:
+        if vars(owner).get(name) is not function or function.__code__ is not code:
+            problem = problem or f"the grader's own code ({name}) was modified"
+            setattr(owner, name, function)
+            function.__code__ = code
+    guard = _State.guard
+    if guard is None:
+        return problem or "the guard was not installed"
+    namespace = guard.shell.user_ns
+    allowed = None if bound is None else set(bound)
+    problem = problem or guard.check(namespace, allowed if trusted else set())
+    if problem is not None:
+        guard.restore()
+        return problem
+    if trusted:
+        guard.remember_names(namespace, allowed)
+        new = _new_protected_modules(guard)
+        if new:
+            problem = _foreign_code(new)
+            if problem is not None:
+                return problem
+            fresh = _Guard(guard.shell)  # the snapshot grows by what the locked cell imported
+            fresh.names, fresh.attempts = guard.names, guard.attempts
+            _State.guard = fresh
+    return None

@@ -1,0 +1,33 @@
+"""The grading worker: one prepared notebook, run in a real IPython kernel in the sandbox.
+
+``npfl_course.autograde`` (the parent) runs ``python -I -m npfl_course.worker`` once per
+notebook under :func:`npfl_course.sandbox.run_sandboxed`. The parts:
+
+* :mod:`npfl_course.worker.protocol`: what parent and worker agree on (the command line,
+  the output notebook's metadata, the exit statuses); the public surface below;
+* :mod:`npfl_course.worker.driver`: the worker itself, nbclient with nbgrader's settings;
+* :mod:`npfl_course.worker.guard`: loaded into the student's kernel, it checks after every
+  cell that the grading environment was left alone.
+"""
+
+from npfl_course.worker.protocol import (
+    EXIT_INTERNAL,
+    MATPLOTLIB_CACHE,
+    META_KEY,
+    bound_names,
+    build_matplotlib_cache,
+    copy_matplotlib_cache,
+    is_trusted,
+    worker_command,
+)
+
+__all__ = [
+    "EXIT_INTERNAL",
+    "MATPLOTLIB_CACHE",
+    "META_KEY",
+    "bound_names",
+    "build_matplotlib_cache",
+    "copy_matplotlib_cache",
+    "is_trusted",
+    "worker_command",
+]

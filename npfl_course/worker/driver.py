@@ -1,0 +1,368 @@
+"""The worker's driver: runs a prepared notebook in a real IPython kernel, with nbclient.
+
+It runs inside the sandbox (see :mod:`npfl_course.worker.protocol` for its command line
+and the files it writes) and executes the notebook the way ``nbgrader autograde`` does:
+nbclient and a fresh ipykernel, with nbgrader's ``Execute`` settings (each cell at most
+``--cell-timeout`` seconds, then interrupted and given a ``CellTimeoutError``; errors do
+not stop the notebook). So a cell prints, displays, plots and fails in the grader as in
+JupyterLab and in stock nbgrader. Besides, and unlike nbgrader:
+
+* before the first cell, the guard (:mod:`npfl_course.worker.guard`) is installed in
+  the kernel, and after every cell it checks that the cell left the grading environment
+  alone; a cell that did not gets a ``GradingTamperError`` and no further cell runs;
+* a cell that ignores the interrupt for ``iopub_timeout`` seconds, or kills its kernel
+  (``os._exit``, a crash), fails with the reason, and the cells after it are not run
+  (nbgrader would abandon the whole submission);
+* the outputs of a cell are bounded (:data:`MAX_STREAM_CHARS`, :data:`MAX_RICH_CHARS`,
+  :data:`MAX_OUTPUTS`); what is dropped is noted on stdout;
+* the kernel's Jupyter and IPython configuration comes from nowhere the submission can
+  write (its folder is the kernel's home).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import asyncio
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from typing import Any
+
+# jsonschema (through nbformat) would build an IRI grammar for a second at import; the
+# worker never checks that format.
+sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
+
+from jupyter_client.manager import AsyncKernelManager  # noqa: E402
+from nbclient import NotebookClient  # noqa: E402
+from nbclient.exceptions import CellTimeoutError, DeadKernelError  # noqa: E402
+from nbclient.util import ensure_async  # noqa: E402
+from nbformat import NotebookNode, from_dict  # noqa: E402
+from nbformat.v4.rwbase import rejoin_lines  # noqa: E402
+
+from npfl_course.worker.protocol import (  # noqa: E402
+    EXIT_INTERNAL,
+    MATPLOTLIB_CACHE,
+    META_KEY,
+    bound_names,
+    is_trusted,
+)
+
+MAX_STREAM_CHARS = 100_000  # per cell, stdout and stderr together
+MAX_RICH_CHARS = 2_000_000  # per cell, display data and results
+MAX_OUTPUTS = 2_000  # per cell
+GUARD_SECONDS = 10  # the check takes milliseconds; no answer means the kernel is broken
+GUARD = "__import__('npfl_course.worker.guard', fromlist=['guard'])"
+_MEMORY_WORDS = ("MemoryError", "can't allocate memory", "out of memory", "Cannot allocate memory")
+
+
+class WorkerError(RuntimeError):
+    """The worker, not the notebook, failed (the kernel or the guard did not start)."""
+
+
+def _error(ename: str, evalue: str, traceback: list[str] | None = None) -> NotebookNode:
+    return from_dict({"output_type": "error", "ename": ename, "evalue": evalue,
+                      "traceback": traceback or [f"{ename}: {evalue}"]})  # fmt: skip
+
+
+class GradingClient(NotebookClient):
+    """nbclient's executor with nbgrader's ``Execute`` settings, a guard and bounds."""
+
+    def __init__(self, nb: NotebookNode, out: str, cell_seconds: float, memory_mb: int | None,
+                 **kwargs: Any) -> None:  # fmt: skip
+        self.cell_seconds = cell_seconds
+        timeout_error = {
+            "ename": "CellTimeoutError",
+            "evalue": self._timeout_message(),
+            "traceback": [f"CellTimeoutError: {self._timeout_message()}"],
+        }
+        runtime = tempfile.mkdtemp(prefix="kernel-")
+        km = AsyncKernelManager(
+            kernel_name=nb.metadata.get("kernelspec", {}).get("name") or "python3",
+            transport="ipc",  # sockets in our private temporary folder, no ports
+            ip=os.path.join(runtime, "ipc"),
+            connection_file=os.path.join(runtime, "kernel.json"),
+        )
+        super().__init__(
+            nb,
+            km=km,
+            timeout=math.ceil(cell_seconds),
+            interrupt_on_timeout=True,
+            error_on_timeout=timeout_error,
+            allow_errors=True,
+            raise_on_iopub_timeout=True,
+            record_timing=True,
+            shutdown_kernel="immediate",
+            resources={"metadata": {"path": os.getcwd()}},
+            **kwargs,
+        )
+        self.out, self.memory_mb = out, memory_mb
+        self.cells_run = 0
+        self.pid = os.getpid()
+        self._budget = {"stream": 0, "rich": 0, "count": 0}
+        self._dropped = {"stream": 0, "rich": 0}
+
+    def _timeout_message(self) -> str:
+        return f"the cell did not finish within the time limit of {self.cell_seconds:g} s"
+
+    # -- what nbgrader's Execute does ------------------------------------------------
+
+    def on_cell_executed(self, **kwargs: Any) -> None:  # type: ignore[override]
+        """As nbgrader: an error reply without its error output (a timeout) is recorded."""
+        cell, reply = kwargs["cell"], kwargs["execute_reply"]
+        content = reply["content"]
+        if content["status"] != "error":
+            return
+        if any(o.output_type == "error" and o.ename == content["ename"] for o in cell.outputs):
+            return
+        traceback = content.get("traceback") or [
+            "ERROR: An error occurred while showtraceback was disabled"
+        ]
+        cell.outputs.append(_error(content["ename"], content["evalue"], traceback))
+
+    # -- bounded outputs ---------------------------------------------------------------
+
+    def output(self, outs, msg, display_id, cell_index):  # type: ignore[override]
+        content = msg.get("content", {})
+        if msg["msg_type"] == "stream":
+            size, kind = len(content.get("text", "")), "stream"
+            limit = MAX_STREAM_CHARS
+        else:
+            data = content.get("data", {})
+            size = sum(len(v) if isinstance(v, str) else len(json.dumps(v)) for v in data.values())
+            kind, limit = "rich", MAX_RICH_CHARS
+        if self._budget[kind] + size > limit or self._budget["count"] >= MAX_OUTPUTS:
+            self._dropped["stream" if kind == "stream" else "rich"] += (
+                size if kind == "stream" else 1
+            )
+            return None
+        self._budget[kind] += size
+        self._budget["count"] += 1
+        return super().output(outs, msg, display_id, cell_index)
+
+    def _finish_outputs(self, cell: NotebookNode) -> None:
+        notes = []
+        if self._dropped["stream"]:
+            notes.append(f"{self._dropped['stream']} characters of printed output")
+        if self._dropped["rich"]:
+            notes.append(f"{self._dropped['rich']} displayed object(s)")
+        if notes:
+            text = f"\n... [output truncated: {' and '.join(notes)} dropped] ...\n"
+            cell.outputs.append(from_dict({"output_type": "stream", "name": "stdout",
+                                           "text": text}))  # fmt: skip
+        if self.memory_mb:
+            for output in cell.outputs:
+                text = f"{output.get('ename', '')} {output.get('evalue', '')}"
+                if output.output_type == "error" and any(w in text for w in _MEMORY_WORDS):
+                    limit = f"memory limit exceeded ({self.memory_mb} MB)"
+                    output.evalue = f"{output.evalue}: {limit}" if output.evalue else limit
+        self._budget = {"stream": 0, "rich": 0, "count": 0}
+        self._dropped = {"stream": 0, "rich": 0}
+
+    # -- the run -----------------------------------------------------------------------
+
+    async def grade(self, kernel_env: dict[str, str]) -> None:
+        """Runs every code cell, saving after each; raises WorkerError on our failures."""
+        self.save(done=False)
+        try:
+            async with self.async_setup_kernel(env=kernel_env):
+                reply = await self._silent(f"{GUARD}.install()", timeout=300)
+                if reply["content"]["status"] != "ok":
+                    raise WorkerError(f"the guard could not be installed: {_reason(reply)}")
+                for index, cell in enumerate(self.nb.cells):
+                    stop = False
+                    if cell.cell_type == "code":
+                        stop = await self._run_cell(index, cell)
+                    self.cells_run = index + 1
+                    self.save(done=False)
+                    if stop:
+                        break
+        except WorkerError:
+            raise
+        except Exception as exc:
+            if self.cells_run == 0 and not self._started():
+                raise WorkerError(f"the kernel did not start: {type(exc).__name__}: {exc}") from exc
+            raise
+        self.cells_run = len(self.nb.cells)
+        self.save(done=True)
+
+    def _started(self) -> bool:
+        return self.kc is not None
+
+    async def _run_cell(self, index: int, cell: NotebookNode) -> bool:
+        """Runs one cell; True when no further cell may run."""
+        try:
+            await self.async_execute_cell(cell, index, store_history=True)
+        except CellTimeoutError:  # no answer to the interrupt either
+            error = f"{self._timeout_message()} and ignored the interrupt"
+            cell.outputs = [o for o in cell.outputs if o.output_type != "error"]
+            cell.outputs.append(_error("CellTimeoutError", error))
+            await self._kill_kernel()
+            self._finish_outputs(cell)
+            self._fail_rest(index + 1, f"cell {index} exceeded its time limit and ignored the "
+                                       "interrupt")  # fmt: skip
+            return True
+        except DeadKernelError:
+            reason = self._death_reason()
+            cell.outputs.append(_error("DeadKernelError", f"the kernel died in this cell: {reason}"))
+            self._finish_outputs(cell)
+            self._fail_rest(index + 1, f"the kernel died in cell {index} ({reason})")
+            return True
+        self._finish_outputs(cell)
+        problem = await self._check(index, cell)
+        if problem is None:
+            return False
+        cell.outputs.append(_error("GradingTamperError", _tamper_message(problem, index)))
+        self._fail_rest(index + 1, f"the grading environment was modified in cell {index} "
+                                   f"({problem})")  # fmt: skip
+        await self._kill_kernel()
+        return True
+
+    async def _check(self, index: int, cell: NotebookNode) -> str | None:
+        trusted = is_trusted(cell)
+        bound = bound_names(cell.source) if trusted else []
+        names = None if bound is None else sorted(bound)
+        expression = f"{GUARD}.check({index}, {trusted}, {names!r})"
+        try:
+            reply = await self._silent("", {"guard": expression}, timeout=GUARD_SECONDS)
+        except TimeoutError:
+            return f"the grading guard did not answer within {GUARD_SECONDS} s"
+        if not await ensure_async(self.km.is_alive()):
+            return None  # the next cell reports the death
+        answer = reply["content"].get("user_expressions", {}).get("guard", {})
+        if answer.get("status") != "ok":
+            return f"the grading guard could not run ({_reason({'content': answer})})"
+        text = answer.get("data", {}).get("text/plain", "")
+        if text == "None":
+            return None
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = None
+        return value if isinstance(value, str) else f"the grading guard answered {text[:200]!r}"
+
+    async def _silent(self, code: str, expressions: dict | None = None,
+                      timeout: float = 60) -> dict:  # fmt: skip
+        """Runs ``code`` without a trace in the notebook, its history or its counts."""
+        assert self.kc is not None
+        msg_id = self.kc.execute(code, silent=True, store_history=False,
+                                 user_expressions=expressions or {}, allow_stdin=False)  # fmt: skip
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                raise TimeoutError(f"no reply within {timeout:g} s")
+            try:
+                msg = await ensure_async(self.kc.shell_channel.get_msg(timeout=min(left, 1.0)))
+            except Exception:  # queue.Empty
+                if not await ensure_async(self.km.is_alive()):
+                    raise DeadKernelError("Kernel died") from None
+                continue
+            if msg["parent_header"].get("msg_id") == msg_id:
+                return msg
+
+    async def _kill_kernel(self) -> None:
+        if self.km is not None and self.km.has_kernel:
+            await ensure_async(self.km.shutdown_kernel(now=True))
+
+    def _death_reason(self) -> str:
+        process = getattr(getattr(self.km, "provisioner", None), "process", None)
+        status = process.poll() if process is not None else None
+        if status is None:
+            return "it stopped answering"
+        if status < 0:
+            name = _signal_name(-status)
+            if -status in (signal.SIGSEGV, signal.SIGBUS, signal.SIGKILL):
+                limit = f"; a memory limit ({self.memory_mb} MB) may have been hit" if (
+                    self.memory_mb) else ""  # fmt: skip
+                return f"killed by signal {name}{limit}"
+            return f"killed by signal {name}"
+        return f"the kernel's process exited with status {status}, e.g. os._exit or sys.exit"
+
+    def _fail_rest(self, start: int, why: str) -> None:
+        for cell in self.nb.cells[start:]:
+            if cell.cell_type == "code":
+                cell.outputs = [_error("DeadKernelError", f"not run: {why}")]
+                cell.execution_count = None
+
+    def save(self, done: bool) -> None:
+        """Writes OUT (atomically): the cells so far, and how far the run came."""
+        if os.getpid() != self.pid:
+            return
+        notebook = dict(self.nb)
+        metadata = dict(notebook.get("metadata", {}))
+        metadata[META_KEY] = {"cells_run": self.cells_run, "done": done}
+        notebook["metadata"] = metadata
+        temporary = f"{self.out}.{self.pid}.tmp"
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(notebook, handle, indent=1)
+        os.replace(temporary, self.out)
+
+
+def _reason(reply: dict) -> str:
+    content = reply.get("content", {})
+    return f"{content.get('ename')}: {content.get('evalue')}"
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
+
+
+def _tamper_message(problem: str, index: int) -> str:
+    return (
+        f"the grading environment was modified in cell {index}: {problem}. Submissions must "
+        "not change the tests, the grading helpers or the libraries they use; the cells "
+        "after this one were not run"
+    )
+
+
+def _kernel_environment() -> dict[str, str]:
+    """The kernel's environment, and ours: Jupyter's and IPython's state in private temporary
+    folders (the notebook's folder is the home, and the student's), matplotlib's font
+    cache from the parent, and matplotlib's default backend (inline, as in JupyterLab)."""
+    private = tempfile.mkdtemp(prefix="jupyter-")
+    for name in ("JUPYTER_PATH", "JUPYTER_CONFIG_PATH", "PYTHONSTARTUP", "MPLBACKEND"):
+        os.environ.pop(name, None)
+    for name, folder in (("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_DATA_DIR", "data"),
+                         ("JUPYTER_RUNTIME_DIR", "runtime"), ("IPYTHONDIR", "ipython")):  # fmt: skip
+        os.environ[name] = os.path.join(private, folder)
+    if "MPLCONFIGDIR" not in os.environ:
+        os.environ["MPLCONFIGDIR"] = os.path.join(private, "matplotlib")
+    if os.path.isdir(MATPLOTLIB_CACHE) and not os.path.islink(MATPLOTLIB_CACHE):
+        shutil.copytree(MATPLOTLIB_CACHE, os.environ["MPLCONFIGDIR"], dirs_exist_ok=True)
+    if os.path.lexists(MATPLOTLIB_CACHE):  # not part of the student's folder
+        shutil.rmtree(MATPLOTLIB_CACHE, ignore_errors=True)
+    return dict(os.environ)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the worker; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m npfl_course.worker",
+                                     description=__doc__.split("\n\n")[0])  # fmt: skip
+    parser.add_argument("input", help="the prepared notebook")
+    parser.add_argument("output", help="where the executed notebook goes")
+    parser.add_argument("--cell-timeout", type=float, default=120.0, help="seconds per cell")
+    parser.add_argument("--memory-mb", type=int, default=None, help="for error messages")
+    args = parser.parse_args(argv)
+    if not args.cell_timeout > 0:
+        parser.error(f"--cell-timeout must be positive, got {args.cell_timeout}")
+    with open(args.input, encoding="utf-8") as handle:
+        data = json.load(handle)
+    if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
+        parser.error(f"{args.input} is not a notebook (no list of cells)")
+    notebook = rejoin_lines(from_dict(data))  # sources as strings, as nbformat.read gives
+    client = GradingClient(notebook, args.output, args.cell_timeout, args.memory_mb)
+    try:
+        asyncio.run(client.grade(_kernel_environment()))
+    except BaseException as exc:  # noqa: BLE001 - keep what ran; the parent reports the rest
+        sys.stderr.write(f"npfl_course.worker: internal error: {type(exc).__name__}: {exc}\n")
+        client.save(done=False)
+        return EXIT_INTERNAL
+    return 0

@@ -1,0 +1,83 @@
+"""What the parent (``npfl_course.autograde``) and the worker agree on.
+
+The parent runs::
+
+    python -I -m npfl_course.worker IN.ipynb OUT.ipynb --cell-timeout S --memory-mb MB
+
+inside the sandbox, in a scratch folder holding only the submission's files (and
+:data:`MATPLOTLIB_CACHE`, which the worker moves out of the folder before any cell runs).
+``IN`` is the notebook nbgrader has sanitized; ``OUT`` receives the same cells with their
+outputs, in nbformat 4 JSON, and in its metadata :data:`META_KEY` =
+``{"cells_run": n, "done": bool}``: the first ``n`` cells ran; ``done`` is False when the
+worker died before the end (then the parent says why: memory, a signal, the notebook time
+limit). OUT is rewritten after every cell, so what ran before a crash is kept. The worker
+exits with :data:`EXIT_INTERNAL` when it, not the notebook, failed (the kernel did not
+start, the guard could not be installed): the parent reports an infrastructure failure,
+never a score.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+META_KEY = "npfl_execute"
+EXIT_INTERNAL = 4  # the worker itself failed; OUT holds what ran before
+# matplotlib's font cache, built once by the parent (:func:`build_matplotlib_cache`) and
+# handed to each worker in the scratch folder: without it the first `import matplotlib`
+# in every notebook spends a second building it and logs "generated new fontManager".
+MATPLOTLIB_CACHE = ".npfl-matplotlib"
+
+
+def is_trusted(cell: dict) -> bool:
+    """A cell whose source is the instructor's (nbgrader restored locked cells)."""
+    meta = cell.get("metadata", {}).get("nbgrader", {})
+    return bool(meta.get("locked") or meta.get("grade")) and not meta.get("solution")
+
+
+def worker_command(notebook: str, out: str, cell_seconds: float, memory_mb: int) -> list[str]:
+    """The worker's command line (run with the scratch folder as current directory)."""
+    return [sys.executable, "-I", "-m", "npfl_course.worker", notebook, out,
+            "--cell-timeout", f"{cell_seconds:g}", "--memory-mb", str(memory_mb)]  # fmt: skip
+
+
+def build_matplotlib_cache(directory: str | os.PathLike) -> Path | None:
+    """Builds matplotlib's font cache in ``directory``; None when matplotlib is missing.
+
+    Run once per grading run in a child process, so the parent never imports matplotlib.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "MPLCONFIGDIR": str(directory)}
+    code = "import matplotlib.font_manager"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, check=False)
+    return directory if done.returncode == 0 and any(directory.glob("fontlist*.json")) else None
+
+
+def copy_matplotlib_cache(cache: Path | None, workdir: str | os.PathLike) -> None:
+    """Puts the font cache into the worker's scratch folder (see :data:`MATPLOTLIB_CACHE`)."""
+    if cache is not None:
+        shutil.copytree(cache, Path(workdir) / MATPLOTLIB_CACHE, dirs_exist_ok=True)
+
+
+def bound_names(source: str) -> set[str] | None:
+    """Names a cell binds at its top level (assignments, imports, defs), None if unparsable."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return None
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            names.add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.alias):
+            names.add((node.asname or node.name).split(".")[0])
+        elif isinstance(node, (ast.Global, ast.Nonlocal)):
+            names.update(node.names)
+    return names
