@@ -1,4 +1,4 @@
-"""npfl_course.autograde (and its worker, npfl_course.execute): parallel, exactly-once,
+"""npfl_course.autograde (and its worker, npfl_course.worker): parallel, exactly-once,
 idempotent autograding into a consistent gradebook.
 
 The course is the tiny one of ``npfl_course.demo.tiny_course`` (three functions, tests
@@ -26,6 +26,7 @@ from npfl_course.check import make_submission
 from npfl_course.course import generate_assignment, load_course
 from npfl_course.demo import tiny_course
 from npfl_course.sandbox import Limits, SandboxResult, isolation
+from npfl_course.worker import worker_command
 
 # Without bubblewrap autograde refuses unless told --no-sandbox; these tests then pass it,
 # as an instructor on such a machine would (CI runs them both ways, see .ci/run).
@@ -297,8 +298,9 @@ def test_read_executed_refuses_links_and_non_notebooks(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_worker_records_outputs_like_a_kernel(tmp_path):
+def test_the_worker_runs_a_real_kernel(tmp_path):
     notebook = nbformat.v4.new_notebook()
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
     notebook.cells = [
         nbformat.v4.new_code_cell("print('hello')\nimport sys\nprint('warn', file=sys.stderr)"),
         nbformat.v4.new_markdown_cell("text"),
@@ -310,15 +312,18 @@ def test_the_worker_records_outputs_like_a_kernel(tmp_path):
         nbformat.v4.new_code_cell("print('x' * 300_000)"),
         nbformat.v4.new_code_cell("import time\ntime.sleep(60)"),
         nbformat.v4.new_code_cell("print(z)"),
+        nbformat.v4.new_code_cell("print(type(get_ipython().kernel).__name__)"),
+        nbformat.v4.new_code_cell("import matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()"),
+        nbformat.v4.new_code_cell("import os\nos._exit(3)"),
+        nbformat.v4.new_code_cell("print('never')"),
     ]
     nbformat.write(notebook, tmp_path / "in.ipynb")
     start = time.monotonic()
-    command = [sys.executable, "-I", "-m", "npfl_course.execute", "in.ipynb", "out.ipynb",
-               "--cell-timeout", "3"]  # fmt: skip
+    command = [*worker_command("in.ipynb", "out.ipynb", 3, 2048)]
     subprocess.run(command, cwd=tmp_path, check=True, timeout=120, env={**os.environ})
     assert time.monotonic() - start < 60
     out = json.loads((tmp_path / "out.ipynb").read_text())
-    assert out["metadata"]["npfl_execute"] == {"cells_run": 8, "done": True}
+    assert out["metadata"]["npfl_execute"] == {"cells_run": 12, "done": True}
     cells = out["cells"]
     assert cells[0]["outputs"][0] == {"output_type": "stream", "name": "stdout", "text": "hello\n"}
     assert cells[0]["outputs"][1]["name"] == "stderr"
@@ -330,13 +335,20 @@ def test_the_worker_records_outputs_like_a_kernel(tmp_path):
     assert cells[4]["outputs"][0]["ename"] == "ZeroDivisionError"
     text = "".join(o.get("text", "") for o in cells[5]["outputs"])
     assert len(text) < 150_000 and "output truncated" in text
-    assert cells[6]["outputs"][-1]["ename"] == "CellTimeoutError"
-    assert cells[7]["outputs"][0]["text"] == "1\n"  # the shell survived the timeout
+    # As nbgrader: the interrupt's KeyboardInterrupt, then the timeout
+    assert [o["ename"] for o in cells[6]["outputs"]] == ["KeyboardInterrupt", "CellTimeoutError"]
+    assert cells[7]["outputs"][0]["text"] == "1\n"  # the kernel survived the timeout
+    assert cells[8]["outputs"][0]["text"] == "IPythonKernel\n"
+    assert "image/png" in cells[9]["outputs"][0]["data"]  # inline plots, as in JupyterLab
+    assert "exited with status 3" in cells[10]["outputs"][-1]["evalue"]
+    assert "not run: the kernel died in cell 10" in cells[11]["outputs"][0]["evalue"]
+    assert [c["execution_count"] for c in cells if c["cell_type"] == "code"][:3] == [1, 2, 3]
     nbformat.validate(nbformat.from_dict(out))
+    assert sorted(os.listdir(tmp_path)) == ["in.ipynb", "out.ipynb"]  # no kernel files left
 
 
 def test_bound_names_of_a_cell():
-    from npfl_course.execute import bound_names
+    from npfl_course.worker import bound_names
 
     assert bound_names("import a.b as c, d\nx = 1\ndef f(): y = 2\nfor i in []: pass") == {
         "c",
@@ -444,7 +456,7 @@ def test_a_worker_crash_is_a_failure_not_a_zero(generated, tmp_path, monkeypatch
     course = _fresh(generated, tmp_path)
 
     def crashed(argv, **kwargs):  # the worker dies before writing anything
-        return SandboxResult(returncode=4, stdout="", stderr="npfl_course.execute: internal error")
+        return SandboxResult(returncode=4, stdout="", stderr="npfl_course.worker: internal error")
 
     monkeypatch.setattr(ag, "run_sandboxed", crashed)
     report = ag.autograde(course, "tiny", students=["full"], limits=LIMITS, progress=False,

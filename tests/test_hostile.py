@@ -191,7 +191,7 @@ EXPECTED = {
     "memory_bomb": {"test_mul": "memory limit exceeded (1024 MB)"},
     "fork_bomb": {"test_mul": "CellTimeoutError"},
     "sys_exit": {"test_mul": "SystemExit"},
-    "os_exit": {"test_mul": DEAD, "test_square": "exited before the end"},
+    "os_exit": {"test_mul": DEAD, "test_square": "the kernel's process exited with status 0"},
     "kill_own_kernel": {"test_mul": DEAD, "test_square": "killed by signal SIGKILL"},
     "deleted_test_cell": {"test_mul": "AssertionError"},
     "duplicated_grade_id": {"test_mul": "AssertionError"},

@@ -24,13 +24,17 @@ from __future__ import annotations
 import argparse
 import ast
 import asyncio
+import contextlib
+import ctypes
 import json
 import math
 import os
+import resource
 import shutil
 import signal
 import sys
 import tempfile
+import time
 from typing import Any
 
 # jsonschema (through nbformat) would build an IRI grammar for a second at import; the
@@ -105,6 +109,23 @@ class GradingClient(NotebookClient):
         self.pid = os.getpid()
         self._budget = {"stream": 0, "rich": 0, "count": 0}
         self._dropped = {"stream": 0, "rich": 0}
+
+    async def _async_handle_timeout(self, timeout, cell=None):  # type: ignore[override]
+        # A cell spending its time in fork() (a fork bomb) never sees the interrupt: Python
+        # ignores errors in fork's hooks. So the kernel may not start processes until the
+        # cell has stopped.
+        _set_process_limit(self._kernel_pid(), 0)
+        return await super()._async_handle_timeout(timeout, cell)
+
+    def _kernel_pid(self) -> int | None:
+        process = getattr(getattr(self.km, "provisioner", None), "process", None)
+        return getattr(process, "pid", None)
+
+    def _after_timeout(self) -> None:
+        """Processes the timed-out cell left behind are killed; the kernel may fork again."""
+        kernel = self._kernel_pid()
+        _kill_descendants(keep={kernel})
+        _set_process_limit(kernel, _PROCESS_LIMIT)
 
     def _timeout_message(self) -> str:
         return f"the cell did not finish within the time limit of {self.cell_seconds:g} s"
@@ -198,6 +219,7 @@ class GradingClient(NotebookClient):
         try:
             await self.async_execute_cell(cell, index, store_history=True)
         except CellTimeoutError:  # no answer to the interrupt either
+            _kill_descendants(keep=set())
             error = f"{self._timeout_message()} and ignored the interrupt"
             cell.outputs = [o for o in cell.outputs if o.output_type != "error"]
             cell.outputs.append(_error("CellTimeoutError", error))
@@ -212,13 +234,15 @@ class GradingClient(NotebookClient):
             self._finish_outputs(cell)
             self._fail_rest(index + 1, f"the kernel died in cell {index} ({reason})")
             return True
+        if any(o.get("ename") == "CellTimeoutError" for o in cell.outputs):
+            self._after_timeout()
         self._finish_outputs(cell)
         problem = await self._check(index, cell)
         if problem is None:
             return False
         cell.outputs.append(_error("GradingTamperError", _tamper_message(problem, index)))
-        self._fail_rest(index + 1, f"the grading environment was modified in cell {index} "
-                                   f"({problem})")  # fmt: skip
+        why = f"the grading environment was modified in cell {index} ({problem})"
+        self._fail_rest(index + 1, why, "GradingTamperError")
         await self._kill_kernel()
         return True
 
@@ -283,10 +307,10 @@ class GradingClient(NotebookClient):
             return f"killed by signal {name}"
         return f"the kernel's process exited with status {status}, e.g. os._exit or sys.exit"
 
-    def _fail_rest(self, start: int, why: str) -> None:
+    def _fail_rest(self, start: int, why: str, ename: str = "DeadKernelError") -> None:
         for cell in self.nb.cells[start:]:
             if cell.cell_type == "code":
-                cell.outputs = [_error("DeadKernelError", f"not run: {why}")]
+                cell.outputs = [_error(ename, f"not run: {why}")]
                 cell.execution_count = None
 
     def save(self, done: bool) -> None:
@@ -301,6 +325,52 @@ class GradingClient(NotebookClient):
         with open(temporary, "w", encoding="utf-8") as handle:
             json.dump(notebook, handle, indent=1)
         os.replace(temporary, self.out)
+
+
+_PROCESS_LIMIT = resource.getrlimit(resource.RLIMIT_NPROC)
+
+
+def _set_process_limit(pid: int | None, limit) -> None:
+    if pid is None:
+        return
+    limit = (limit, _PROCESS_LIMIT[1]) if isinstance(limit, int) else limit
+    with contextlib.suppress(OSError, ValueError):
+        resource.prlimit(pid, resource.RLIMIT_NPROC, limit)
+
+
+def _children() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as handle:
+                    stat = handle.read()
+            except OSError:
+                continue
+            parent = int(stat[stat.rindex(b")") + 2 :].split()[1])
+            children.setdefault(parent, []).append(int(entry))
+    return children
+
+
+def _kill_descendants(keep: set[int | None]) -> None:
+    """SIGKILLs our descendants (orphans too: we are a subreaper) except ``keep`` (not
+    their descendants)."""
+    for _ in range(20):  # a fork bomb forks between the scan and the kill: repeat
+        children, found, todo = _children(), [], [os.getpid()]
+        while todo:
+            for child in children.get(todo.pop(), []):
+                found.append(child)
+                todo.append(child)
+        victims = [pid for pid in found if pid not in keep]
+        if not victims:
+            return
+        for pid in victims:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError, OSError):
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        time.sleep(0.01)
 
 
 def _reason(reply: dict) -> str:
@@ -358,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
         parser.error(f"{args.input} is not a notebook (no list of cells)")
     notebook = rejoin_lines(from_dict(data))  # sources as strings, as nbformat.read gives
+    with contextlib.suppress(Exception):  # Linux: orphans of the cells become our children
+        ctypes.CDLL(None).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
     client = GradingClient(notebook, args.output, args.cell_timeout, args.memory_mb)
     try:
         asyncio.run(client.grade(_kernel_environment()))
