@@ -81,7 +81,12 @@ from npfl_course.autograde_restore import RestoreCells as RestoreCells
 from npfl_course.autograde_restore import _first_line, _read_submitted
 from npfl_course.course import Course
 from npfl_course.sandbox import INSTALL_HINT, Limits, isolation, run_sandboxed
-from npfl_course.worker import META_KEY, build_matplotlib_cache, copy_matplotlib_cache, worker_command
+from npfl_course.worker import (
+    META_KEY,
+    build_matplotlib_cache,
+    copy_matplotlib_cache,
+    worker_command,
+)
 
 PENDING = ".npfl-autograde-pending"  # in autograded/<student>/<assignment>/ until saved
 
@@ -140,7 +145,9 @@ class Autograder:
         self.executions = 0  # sandboxed notebook runs, for the tests' exactly-once check
         self._names: list[str] | None = None  # the assignment's notebooks
         threads = str(max(1, (os.cpu_count() or 1) // self.jobs))
-        self.env = {"NBGRADER_EXECUTION": "autograde", "OMP_NUM_THREADS": threads,
+        # NPFL_PROGRESS=0: npfl_lib's Trainer shows no progress bar (stderr costs points).
+        self.env = {"NBGRADER_EXECUTION": "autograde", "NPFL_PROGRESS": "0",
+                    "OMP_NUM_THREADS": threads,
                     "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}  # fmt: skip
 
     # -- discovery --------------------------------------------------------------------

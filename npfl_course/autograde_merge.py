@@ -14,8 +14,8 @@ from pathlib import Path
 
 import nbformat
 
-from npfl_course.worker import EXIT_INTERNAL, META_KEY, is_trusted
 from npfl_course.sandbox import Limits, SandboxResult
+from npfl_course.worker import EXIT_INTERNAL, META_KEY, is_trusted
 
 MAX_EXECUTED_BYTES = 64 << 20  # a worker's output notebook larger than this is not read
 OUTPUT_TYPES = {"stream", "display_data", "execute_result", "error"}

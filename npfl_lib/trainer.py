@@ -15,6 +15,7 @@ run their fused kernel, and on CUDA the whole step is replayed from a CUDA graph
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 
@@ -38,6 +39,19 @@ from .data_feed import (
 )
 
 RESERVED_KEYS = ("loss", "lr", "time")
+# "1" shows the progress bar everywhere, "0" nowhere; unset, tqdm decides (a terminal).
+PROGRESS_ENV = "NPFL_PROGRESS"
+
+
+def _bar_disabled(verbose: int) -> bool | None:
+    """tqdm's ``disable`` for ``fit``: None lets tqdm show the bar only on a terminal."""
+    if verbose != 1:
+        return True
+    value = os.environ.get(PROGRESS_ENV, "").strip()
+    if value not in ("", "0", "1"):
+        raise ValueError(f"the environment variable {PROGRESS_ENV} must be 0 or 1 (or unset), "
+                         f"got {value!r}")  # fmt: skip
+    return {"": None, "0": True, "1": False}[value]
 
 
 def _check_count(name: str, value, low: int = 1) -> None:
@@ -156,7 +170,12 @@ class Trainer:
                 ``on_epoch_end(trainer, epoch, logs)`` (epoch counts from 0 in this call)
                 and ``on_train_end(trainer)``; one may set ``trainer.stop_training``.
             shuffle (bool): Shuffle the training examples every epoch.
-            verbose (int): 0 silent, 1 a progress bar per epoch, 2 one line per epoch.
+            verbose (int): 0 silent; 1 a progress bar per epoch where a person watches
+                it (tqdm's check: a terminal), else one line per epoch; 2 one line per
+                epoch (on stdout). The environment variable ``NPFL_PROGRESS`` = 1 shows
+                the bar everywhere (e.g. a widget in JupyterLab), 0 nowhere (what
+                ``npfl-course autograde`` sets: graders zero a test cell that writes to
+                stderr).
 
         Returns:
             list[dict]: One dict per epoch with ``loss``, each metric, ``dev_loss`` and
@@ -186,7 +205,7 @@ class Trainer:
                 start = time.perf_counter()
                 desc = f"Epoch {epoch + 1}/{epochs}"
                 total = train_feed.num_batches(batch_size)
-                bar = tqdm(total=total, desc=desc, unit="batch", disable=verbose != 1)
+                bar = tqdm(total=total, desc=desc, unit="batch", disable=_bar_disabled(verbose))
                 logs = self._train_epoch(train_feed, batch_size, shuffle, bar)
                 if dev_feed is not None:
                     dev_logs = self._evaluate_feed(dev_feed, batch_size)
@@ -195,10 +214,11 @@ class Trainer:
                 logs["time"] = time.perf_counter() - start
                 history.append(logs)
                 self.epoch += 1
-                if not bar.disable:
+                shown = not bar.disable  # close() sets disable
+                if shown:
                     bar.set_postfix_str(self._format(logs), refresh=False)
                 bar.close()
-                self._report(logs, desc, verbose, writer)
+                self._report(logs, desc, 2 if verbose == 1 and not shown else verbose, writer)
                 self._call(callbacks, "on_epoch_end", epoch, logs)
                 if self.stop_training:
                     break

@@ -281,18 +281,31 @@ def test_tensorboard_event_file_written(tmp_path):
     assert logged == pytest.approx([logs["dev_loss"] for logs in history], rel=1e-6)
 
 
-@pytest.mark.parametrize("verbose", [0, 1, 2])
-def test_verbosity(verbose, capsys):
+@pytest.mark.parametrize(
+    ("verbose", "progress", "shown"),
+    [(0, "", None), (0, "1", None), (1, "1", "bar"), (1, "", "lines"), (1, "0", "lines"),
+     (2, "", "lines"), (2, "1", "lines")],
+)  # fmt: skip
+def test_verbosity(verbose, progress, shown, capsys, monkeypatch):
+    monkeypatch.setenv("NPFL_PROGRESS", progress)
     inputs, targets = make_data()
     make_trainer(make_model()).fit((inputs, targets), 2, dev=(inputs, targets), verbose=verbose)
     captured = capsys.readouterr()
-    if verbose == 0:
+    if shown is None:
         assert captured.out == "" and captured.err == ""
-    elif verbose == 1:
+    elif shown == "bar":
         assert "Epoch 2/2" in captured.err and "dev_accuracy=" in captured.err
-    else:
+        assert captured.out == ""
+    else:  # not a terminal (pytest captures): lines on stdout, nothing on stderr
         lines = captured.out.splitlines()
         assert len(lines) == 2 and lines[1].startswith("Epoch 2/2 loss=")
+        assert captured.err == ""
+
+
+def test_a_wrong_progress_setting_is_named(monkeypatch):
+    monkeypatch.setenv("NPFL_PROGRESS", "yes")
+    with pytest.raises(ValueError, match="NPFL_PROGRESS must be 0 or 1"):
+        make_trainer(make_model()).fit(make_data(), 1)
 
 
 # ------------------------------------------------------------------------ callbacks

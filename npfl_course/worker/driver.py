@@ -230,7 +230,9 @@ class GradingClient(NotebookClient):
             return True
         except DeadKernelError:
             reason = self._death_reason()
-            cell.outputs.append(_error("DeadKernelError", f"the kernel died in this cell: {reason}"))
+            cell.outputs.append(
+                _error("DeadKernelError", f"the kernel died in this cell: {reason}")
+            )
             self._finish_outputs(cell)
             self._fail_rest(index + 1, f"the kernel died in cell {index} ({reason})")
             return True
@@ -400,8 +402,9 @@ def _kernel_environment() -> dict[str, str]:
     private = tempfile.mkdtemp(prefix="jupyter-")
     for name in ("JUPYTER_PATH", "JUPYTER_CONFIG_PATH", "PYTHONSTARTUP", "MPLBACKEND"):
         os.environ.pop(name, None)
-    for name, folder in (("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_DATA_DIR", "data"),
-                         ("JUPYTER_RUNTIME_DIR", "runtime"), ("IPYTHONDIR", "ipython")):  # fmt: skip
+    folders = {"JUPYTER_CONFIG_DIR": "config", "JUPYTER_DATA_DIR": "data",
+               "JUPYTER_RUNTIME_DIR": "runtime", "IPYTHONDIR": "ipython"}  # fmt: skip
+    for name, folder in folders.items():
         os.environ[name] = os.path.join(private, folder)
     if "MPLCONFIGDIR" not in os.environ:
         os.environ["MPLCONFIGDIR"] = os.path.join(private, "matplotlib")

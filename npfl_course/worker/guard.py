@@ -23,7 +23,6 @@ can still mislead a test; the guard catches the routes above, not every conceiva
 
 from __future__ import annotations
 
-import ast
 import builtins
 import contextlib
 import sys
