@@ -8,9 +8,6 @@
    grading helpers, a file that is not a notebook), as zips and loose notebooks;
 3. collects them (``zip-collect``), autogrades them in parallel and sandboxed,
    generates the feedback, exports the CSV, prints the grade table and writes the PNG.
-
-It also holds :func:`tiny_course`, a minimal course (no torch code in the cells) that the
-tests of this package grade.
 """
 
 from __future__ import annotations
@@ -160,84 +157,3 @@ def _score(outcome) -> str:
     if outcome.score is None:
         return f"no score ({outcome.status}: {'; '.join(outcome.notes)[:300]})"
     return outcome.score_text
-
-
-# ----------------------------------------------------------------------------------
-# A tiny course for tests
-# ----------------------------------------------------------------------------------
-
-TINY_CONFIG = """\
-c = get_config()  # noqa: F821
-c.CourseDirectory.course_id = "tiny"
-c.CourseDirectory.source_directory = "source"
-c.Execute.timeout = 30
-"""
-
-
-def _cell(kind: str, grade_id: str, source: str, points: float = 0) -> nbformat.NotebookNode:
-    flags = {
-        "readonly": (False, True, False),
-        "solution": (False, False, True),
-        "test": (True, True, False),
-    }[kind]
-    cell = nbformat.v4.new_code_cell(source)
-    meta = dict(zip(("grade", "locked", "solution"), flags, strict=True))
-    meta.update(grade_id=grade_id, schema_version=3, task=False)
-    if kind == "test":
-        meta["points"] = points
-    cell.metadata["nbgrader"] = meta
-    return cell
-
-
-def _solution(signature: str, body: str) -> str:
-    return f"{signature}\n    ### BEGIN SOLUTION\n    {body}\n    ### END SOLUTION"
-
-
-def tiny_source() -> nbformat.NotebookNode:
-    """The source notebook of the tiny assignment: add (1 point), mul (2), square (1)."""
-    notebook = nbformat.v4.new_notebook()
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                       "language": "python"}  # fmt: skip
-    guarded = "with forbid('npfl_lib'), time_limit(5):\n    "
-
-    def test(visible: str, hidden: str) -> str:
-        hidden = f"### BEGIN HIDDEN TESTS\n{guarded}{hidden}\n### END HIDDEN TESTS"
-        return f"{guarded}{visible}\n{hidden}"
-
-    notebook.cells = [
-        _cell("readonly", "setup", "from npfl_lib.grading import check_close, forbid, time_limit"),
-        _cell("solution", "add", _solution("def add(a, b):", "return a + b")),
-        _cell(
-            "test",
-            "test_add",
-            test("assert add(1, 2) == 3, 'add(1, 2)'", "assert add(-1, 1) == 0"),
-            1,
-        ),
-        _cell("solution", "mul", _solution("def mul(a, b):", "return a * b")),
-        _cell(
-            "test",
-            "test_mul",
-            test(
-                "value = mul(2.0, 3.0)\ncheck_close(value, 6.0, name='mul')",
-                "assert mul(0, 5) == 0",
-            ),
-            2,
-        ),
-        _cell("solution", "square", _solution("def square(x):", "return x * x")),
-        _cell(
-            "test",
-            "test_square",
-            test("assert square(3) == 9, 'square(3)'", "assert square(-2) == 4"),
-            1,
-        ),
-    ]
-    return notebook
-
-
-def tiny_course(directory: str | os.PathLike) -> Path:
-    """Writes a course with one tiny assignment ``tiny`` (not generated yet); its path."""
-    directory = Path(directory)
-    (directory / "source" / "tiny").mkdir(parents=True)
-    (directory / "nbgrader_config.py").write_text(TINY_CONFIG, encoding="utf-8")
-    nbformat.write(tiny_source(), directory / "source" / "tiny" / "tiny.ipynb")
-    return directory

@@ -1,7 +1,7 @@
 """npfl_course.autograde (and its worker, npfl_course.worker): parallel, exactly-once,
 idempotent autograding into a consistent gradebook.
 
-The course is the tiny one of ``npfl_course.demo.tiny_course`` (three functions, tests
+The course is the tiny one of ``tests/tiny_course.py`` (three functions, tests
 worth 1 + 2 + 1 points), generated once per module.
 """
 
@@ -17,13 +17,13 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from tiny_course import tiny_course
 
 from npfl_course import autograde as ag
 from npfl_course.autograde_merge import infrastructure_failure
 from npfl_course.autograde_preflight import PreflightError, preflight
 from npfl_course.check import make_submission
 from npfl_course.course import generate_assignment, load_course
-from npfl_course.demo import tiny_course
 from npfl_course.sandbox import Limits, SandboxResult, isolation
 from npfl_course.worker import worker_command
 

@@ -1,6 +1,6 @@
 """npfl_course.cli (and course.py): every ``npfl-course`` command, end to end.
 
-The course is ``npfl_course.demo.tiny_course``; ``demo`` runs on this repository.
+The course is ``tests/tiny_course.py``; ``demo`` runs on this repository.
 """
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import zipfile
 
 import nbformat
 import pytest
+from tiny_course import tiny_course
 
 from npfl_course import cli
 from npfl_course.check import make_submission
 from npfl_course.course import REPO, CourseError, find_course_dir, load_course
-from npfl_course.demo import tiny_course
 from npfl_course.sandbox import isolation
 
 pytestmark = pytest.mark.filterwarnings("ignore::sqlalchemy.exc.SAWarning")  # nbgrader's

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from tiny_course import tiny_course
 
 from npfl_course.collect import DEFAULT_PATTERN, zip_collect
 from npfl_course.course import CourseError, generate_assignment, load_course
-from npfl_course.demo import tiny_course
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from tiny_course import tiny_course
 
 from npfl_course import autograde as ag
 from npfl_course.check import cells_by_kind, make_submission
 from npfl_course.course import generate_assignment, load_course
-from npfl_course.demo import tiny_course
 from npfl_course.sandbox import Limits, isolation, sandbox_available
 
 pytestmark = pytest.mark.filterwarnings("ignore::nbformat.warnings.DuplicateCellId")

@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 from nbgrader.api import Gradebook
+from tiny_course import tiny_course
 
 from npfl_course.course import CourseError, load_course
-from npfl_course.demo import tiny_course
 from npfl_course.report import grade_table, read_grades, write_report
 
 POINTS = {"test_add": 1.0, "test_mul": 2.0, "test_square": 1.0}
