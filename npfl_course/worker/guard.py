@@ -316,7 +316,11 @@ def _within(path: str, root: str) -> bool:
 
 
 def _installed(path: str | None) -> bool:
-    return bool(path) and not path.startswith("<") and any(_within(path, r) for r in _State.roots)
+    if not path:
+        return False
+    if path.startswith("<"):
+        return path.startswith("<frozen ")  # the standard library's frozen modules
+    return any(_within(path, r) for r in _State.roots)
 
 
 class _ProtectedImports:
@@ -416,7 +420,7 @@ def _foreign_code(names: list[str]) -> str | None:
             return f"the module {name} was not imported from the installation ({path})"
         for key, value in list(vars(module).items()):
             if isinstance(value, types.FunctionType) and not _installed(value.__code__.co_filename):
-                return f"{name}.{key} was replaced or removed"
+                return f"{name}.{key} was replaced (by code from {value.__code__.co_filename})"
     return None
 
 
