@@ -265,6 +265,7 @@ def test_the_corpus_covers_what_students_do(graded):
     assert stock["tqdm_std"][0]["test_double"] == 0  # stderr: nbgrader's rule, in both
     kinds = {kind for _, cells in stock.values() for cell in cells for kind in cell}
     expected = ["stream:stdout", "stream:stderr", "error", "execute_result:text/plain",
-                "display_data:image/png,text/plain", "display_data:image/svg+xml,text/plain"]  # fmt: skip
+                "display_data:image/png,text/plain",
+                "display_data:image/svg+xml,text/plain"]  # fmt: skip
     assert set(expected) <= kinds, sorted(kinds)
     assert any("application/vnd.jupyter.widget-view+json" in kind for kind in kinds)
