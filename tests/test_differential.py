@@ -23,7 +23,7 @@ from nbgrader.api import Gradebook
 from tiny_course import TINY_CONFIG, solution, source_cell
 
 from npfl_course import autograde as ag
-from npfl_course.course import generate_assignment, load_course
+from npfl_course.course import generate_assignment, load_course, scratch_copy
 from npfl_course.sandbox import isolation
 from npfl_course.worker import build_matplotlib_cache
 
@@ -269,3 +269,40 @@ def test_the_corpus_covers_what_students_do(graded):
                 "display_data:image/svg+xml,text/plain"]  # fmt: skip
     assert set(expected) <= kinds, sorted(kinds)
     assert any("application/vnd.jupyter.widget-view+json" in kind for kind in kinds)
+
+
+def test_the_trainer_with_default_verbosity_keeps_its_points_in_both_graders(tmp_path):
+    """regularized_training, solved with ``trainer.fit(...)`` at its default verbosity (the
+    notebook never asks for ``verbose=0``): 10 of 12 points (2 are graded by hand) from
+    stock nbgrader, run as an instructor would (no NPFL_PROGRESS), and from npfl-course."""
+    name = "regularized_training"
+    repo = Path(__file__).resolve().parent.parent
+    scores = {}
+    for side in ("stock", "ours"):
+        course = scratch_copy(load_course(repo), tmp_path / side, [name])
+        ok, log = generate_assignment(course, name)
+        assert ok, log
+        source = nbformat.read(course.path("source", name) / f"{name}.ipynb", 4)
+        cell = next(c for c in source.cells if "trainer.fit(" in c.source)
+        assert ", verbose=0)" in cell.source
+        cell.source = cell.source.replace(", verbose=0)", ")")
+        folder = course.path("submitted", "student", name)
+        folder.mkdir(parents=True)
+        nbformat.write(source, folder / f"{name}.ipynb")
+        if side == "stock":
+            cache = build_matplotlib_cache(tmp_path / "matplotlib")
+            env = {k: v for k, v in os.environ.items()
+                   if not k.startswith(("NPFL_", "MPL", "PYTEST_"))}  # fmt: skip
+            env["MPLCONFIGDIR"] = str(cache or tmp_path / "matplotlib")
+            command = [sys.executable, "-m", "nbgrader", "autograde", name]
+            done = subprocess.run(command, cwd=course.directory, env=env, capture_output=True,
+                                  text=True)  # fmt: skip
+            assert done.returncode == 0, done.stderr[-3000:]
+        else:
+            report = ag.autograde(course, name, jobs=1, progress=False, preflight=False,
+                                  unsandboxed=isolation()[0] != "bwrap")  # fmt: skip
+            assert report.outcomes[0].status == "graded", report.summary()
+        with course.gradebook() as gradebook:
+            submission = gradebook.find_submission(name, "student")
+            scores[side] = (submission.score, submission.max_score)
+    assert scores == {"stock": (10.0, 12.0), "ours": (10.0, 12.0)}
