@@ -79,6 +79,7 @@ from npfl_course.autograde_outcome import GRADER_ERRORS as GRADER_ERRORS
 from npfl_course.autograde_outcome import Outcome, Report, lost_tests, stopped_cells
 from npfl_course.autograde_restore import RestoreCells as RestoreCells
 from npfl_course.autograde_restore import _first_line, _read_submitted
+from npfl_course.autograde_settings import NpflAutograde
 from npfl_course.course import Course
 from npfl_course.sandbox import INSTALL_HINT, Limits, isolation, run_sandboxed
 from npfl_course.worker import (
@@ -119,29 +120,31 @@ class Autograder:
     Args:
         course (Course): The loaded course.
         assignment (str): The assignment id.
-        jobs (int | None): Notebooks executed at once (default: the number of CPUs).
-        limits (Limits | None): Sandbox limits; default ``Limits()`` with the cell limit
-            from ``c.Execute.timeout`` when configured.
+        jobs (int | None): Notebooks executed at once (default: ``c.NpflAutograde.jobs``,
+            else the number of CPUs).
+        limits (Limits | None): Sandbox limits; default: those configured
+            (:class:`npfl_course.autograde_settings.NpflAutograde`, the cell limit from
+            ``c.Execute.timeout``), else ``Limits()``.
         force (bool): Grade again what is already autograded.
         unsandboxed (bool): Grade even where bubblewrap cannot isolate student code
             (``--no-sandbox``; unsafe: see :func:`npfl_course.sandbox.isolation`). Without
             it, :meth:`run` raises :class:`SandboxUnavailableError` there.
-        preflight (bool): Grade the instructor's solution and the release first and stop
-            if they do not score full marks and 0 (:mod:`npfl_course.autograde_preflight`).
+        preflight (bool | None): Grade the instructor's solution and the release first and
+            stop if they do not score full marks and 0 (:mod:`npfl_course.autograde_preflight`);
+            default ``c.NpflAutograde.preflight`` (True).
     """
 
     def __init__(self, course: Course, assignment: str, *, jobs: int | None = None,
                  limits: Limits | None = None, force: bool = False,
-                 unsandboxed: bool = False, preflight: bool = True) -> None:  # fmt: skip
+                 unsandboxed: bool = False, preflight: bool | None = None) -> None:  # fmt: skip
         if jobs is not None and jobs < 1:
             raise ValueError(f"jobs must be >= 1, got {jobs}")
         self.course, self.assignment, self.force = course, assignment, force
-        self.jobs = jobs or os.cpu_count() or 1
-        if limits is None:
-            cell = course.config_value("Execute", "timeout", None) or Limits.cell_seconds
-            limits = Limits(cell_seconds=float(cell))
-        self.limits = limits
-        self.unsandboxed, self.preflight = unsandboxed, preflight
+        settings = NpflAutograde(parent=course.app)
+        self.jobs = jobs or settings.job_count()
+        self.limits = limits or settings.limits()
+        self.unsandboxed = unsandboxed
+        self.preflight = settings.preflight if preflight is None else preflight
         self.executions = 0  # sandboxed notebook runs, for the tests' exactly-once check
         self._names: list[str] | None = None  # the assignment's notebooks
         threads = str(max(1, (os.cpu_count() or 1) // self.jobs))
@@ -366,6 +369,7 @@ class Autograder:
 
         start = time.monotonic()
         self._notebook_names()  # fails early if the assignment was never generated
+        threading.Thread(target=_matplotlib_cache, daemon=True).start()  # while we prepare
         _, description = self.check_isolation()
         available = self.submitted_students()
         wanted = available if students is None else list(dict.fromkeys(students))
@@ -455,7 +459,7 @@ def _build_matplotlib_cache() -> Path | None:
 def autograde(course: Course, assignment: str, *, students: list[str] | None = None,
               jobs: int | None = None, limits: Limits | None = None, force: bool = False,
               progress: bool = True, unsandboxed: bool = False,
-              preflight: bool = True) -> Report:  # fmt: skip
+              preflight: bool | None = None) -> Report:  # fmt: skip
     """Autogrades the submissions of ``assignment``; see :class:`Autograder`.
 
     Returns:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 import shutil
@@ -60,9 +61,6 @@ def _files_digest(digest, root: Path, pattern: str = "*") -> None:
 
 def cache_key(course: Course, assignment: str, limits: Limits) -> str:
     """What the preflight's verdict depends on, hashed."""
-    import npfl_course
-    import npfl_lib
-
     digest = hashlib.sha256()
     _files_digest(digest, course.path("source", assignment))
     digest.update((course.directory / CONFIG_NAME).read_bytes())
@@ -72,8 +70,10 @@ def cache_key(course: Course, assignment: str, limits: Limits) -> str:
     distributions = importlib.metadata.distributions()
     packages = sorted(f"{d.metadata['Name']}=={d.version}" for d in distributions)
     digest.update("\n".join(packages).encode())
-    for package in (npfl_lib, npfl_course):
-        _files_digest(digest, Path(package.__file__).parent, "*.py")
+    for package in ("npfl_lib", "npfl_course"):  # found, not imported: torch takes seconds
+        spec = importlib.util.find_spec(package)
+        for folder in (spec.submodule_search_locations or []) if spec else []:
+            _files_digest(digest, Path(folder), "*.py")
     return digest.hexdigest()
 
 

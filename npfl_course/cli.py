@@ -19,6 +19,7 @@ Every command takes ``--course-dir DIR`` (default: the current directory if it h
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -76,15 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = add("autograde", "autograde the submissions in parallel, sandboxed")
     sub.add_argument("assignment", metavar="ASSIGNMENT")
     sub.add_argument("--jobs", type=_positive(int), default=None, metavar="N",
-                     help="notebooks run at once (default: the number of CPUs)")  # fmt: skip
+                     help="notebooks run at once (default: c.NpflAutograde.jobs in "
+                     "nbgrader_config.py, else the number of CPUs)")  # fmt: skip
     sub.add_argument("--timeout", type=_positive(float), default=None, metavar="S",
-                     help="wall-clock limit per notebook in seconds (default 600)")  # fmt: skip
+                     help="wall-clock limit per notebook in seconds (default: "
+                     "c.NpflAutograde.notebook_timeout, else 600)")  # fmt: skip
     sub.add_argument("--cell-timeout", type=_positive(float), default=None, metavar="S",
                      help="limit per cell (default: c.Execute.timeout, else 120)")  # fmt: skip
     sub.add_argument("--memory", type=_positive(int), default=None, metavar="MB",
                      help="memory per notebook in MiB: what each of its processes may "
-                     "allocate and what all of them may use together (default 2048; "
-                     "grading this course's assignments peaks below 500)")  # fmt: skip
+                     "allocate and what all of them may use together (default: "
+                     "c.NpflAutograde.memory_mb, else 2048; grading this course's "
+                     "assignments peaks below 500)")  # fmt: skip
     sub.add_argument("--student", nargs="+", default=None, metavar="ID",
                      help="grade only these students")  # fmt: skip
     sub.add_argument("--force", action="store_true", help="grade again what is graded")
@@ -93,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "(see `npfl-course doctor`); without it autograde refuses there")  # fmt: skip
     sub.add_argument("--no-preflight", action="store_true",
                      help="skip grading the instructor's solution (full marks expected) and "
-                     "the release (0 expected) before the students")  # fmt: skip
+                     "the release (0 expected) before the students (also: "
+                     "c.NpflAutograde.preflight = False)")  # fmt: skip
     sub.add_argument("--quiet", action="store_true", help="no progress bar, short summary")
 
     sub = add("feedback", "write the feedback HTML (nbgrader generate_feedback)")
@@ -157,14 +162,12 @@ def _zip_collect(course: Course, args) -> int:
 def _autograde(course: Course, args) -> int:
     from npfl_course.autograde import SandboxUnavailableError, autograde
     from npfl_course.autograde_preflight import PreflightError
-    from npfl_course.sandbox import Limits, isolation
+    from npfl_course.autograde_settings import NpflAutograde
+    from npfl_course.sandbox import isolation
 
-    cell = args.cell_timeout or course.config_value("Execute", "timeout", None)
-    limits = Limits(
-        notebook_seconds=args.timeout or Limits.notebook_seconds,
-        cell_seconds=float(cell or Limits.cell_seconds),
-        memory_mb=args.memory or Limits.memory_mb,
-    )
+    limits = NpflAutograde(parent=course.app).limits(cell_seconds=args.cell_timeout)
+    flags = {"notebook_seconds": args.timeout, "memory_mb": args.memory}
+    limits = dataclasses.replace(limits, **{k: v for k, v in flags.items() if v is not None})
     kind, description = isolation()
     if kind != "bwrap" and args.no_sandbox:
         print(f"npfl-course: WARNING: --no-sandbox: {description}", file=sys.stderr)
@@ -172,7 +175,7 @@ def _autograde(course: Course, args) -> int:
         report = autograde(course, args.assignment, students=args.student, jobs=args.jobs,
                            limits=limits, force=args.force, progress=not args.quiet,
                            unsandboxed=args.no_sandbox,
-                           preflight=not args.no_preflight)  # fmt: skip
+                           preflight=False if args.no_preflight else None)  # fmt: skip
     except SandboxUnavailableError as exc:
         print(f"npfl-course: {exc}", file=sys.stderr)
         return 2

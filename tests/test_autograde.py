@@ -488,3 +488,26 @@ def test_infrastructure_failure_tells_the_grader_from_the_student():
     assert "before any student code ran" in run(0, False)  # died in the set-up cell
     assert run(1, False) is None  # died in the student's cell (the markdown cell ran too)
     assert "did not start" in infrastructure_failure(prepared, None, ok, LIMITS)
+
+
+def test_limits_and_jobs_come_from_nbgrader_config(generated, tmp_path):
+    """c.NpflAutograde.* in nbgrader_config.py, as nbgrader's own options; c.Execute.timeout
+    is the cell limit; arguments override them; bad values name the option."""
+    course_dir = tmp_path / "course"
+    shutil.copytree(generated, course_dir)
+    config = course_dir / "nbgrader_config.py"
+    config.write_text(
+        config.read_text()
+        + "c.NpflAutograde.jobs = 3\nc.NpflAutograde.memory_mb = 3000\n"
+        + "c.NpflAutograde.notebook_timeout = 321.0\nc.NpflAutograde.preflight = False\n"
+        + "c.Execute.timeout = 17\n"
+    )
+    grader = ag.Autograder(load_course(course_dir), "tiny")
+    assert grader.jobs == 3 and grader.preflight is False
+    assert (grader.limits.memory_mb, grader.limits.notebook_seconds) == (3000, 321.0)
+    assert grader.limits.cell_seconds == 17.0
+    grader = ag.Autograder(load_course(course_dir), "tiny", jobs=1, preflight=True)
+    assert grader.jobs == 1 and grader.preflight is True
+    config.write_text(config.read_text() + "c.NpflAutograde.memory_mb = 10\n")
+    with pytest.raises(Exception, match="memory_mb"):
+        ag.Autograder(load_course(course_dir), "tiny")

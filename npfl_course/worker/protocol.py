@@ -46,12 +46,20 @@ def worker_command(notebook: str, out: str, cell_seconds: float, memory_mb: int)
 
 
 def build_matplotlib_cache(directory: str | os.PathLike) -> Path | None:
-    """Builds matplotlib's font cache in ``directory``; None when matplotlib is missing.
+    """matplotlib's font cache in ``directory``; None when matplotlib is missing.
 
-    Run once per grading run in a child process, so the parent never imports matplotlib.
+    Copied from this user's own cache when it has one (what stock nbgrader's kernels use
+    here), else built once in a child process, so the parent never imports matplotlib.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    for own in (os.environ.get("MPLCONFIGDIR"), os.path.join(home, "matplotlib")):
+        found = sorted(Path(own).glob("fontlist-*.json")) if own else []
+        if found:
+            for path in found:
+                shutil.copy(path, directory / path.name)
+            return directory
     env = {**os.environ, "MPLCONFIGDIR": str(directory)}
     code = "import matplotlib.font_manager"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, check=False)

@@ -1,0 +1,68 @@
+"""``npfl-course autograde``'s settings, configurable in ``nbgrader_config.py``.
+
+As nbgrader's own options::
+
+    c.NpflAutograde.jobs = 8              # notebooks run at once (0: the number of CPUs)
+    c.NpflAutograde.memory_mb = 4096      # per notebook, all its processes together
+    c.NpflAutograde.notebook_timeout = 900
+    c.NpflAutograde.max_processes = 64
+    c.NpflAutograde.preflight = True
+
+The per-cell limit is nbgrader's ``c.Execute.timeout`` (also used by nbgrader's own
+autograde and Validate). The command line's flags (``--jobs``, ``--memory``,
+``--timeout``, ``--cell-timeout``, ``--no-preflight``) override these.
+"""
+
+from __future__ import annotations
+
+import os
+
+from traitlets import Bool, Float, Integer
+from traitlets.config import Configurable
+
+from npfl_course.sandbox import Limits
+
+DEFAULT_CELL_SECONDS = Limits.cell_seconds  # when c.Execute.timeout is not set
+
+
+class NpflAutograde(Configurable):
+    """Resource limits and parallelism of ``npfl-course autograde``."""
+
+    jobs = Integer(0, min=0, help="Notebooks executed at once; 0: the number of CPUs.").tag(
+        config=True
+    )
+    notebook_timeout = Float(
+        Limits.notebook_seconds,
+        min=1.0,
+        help="Wall-clock seconds for one notebook, a last resort behind the per-cell limit "
+        "(c.Execute.timeout).",
+    ).tag(config=True)
+    memory_mb = Integer(
+        Limits.memory_mb,
+        min=64,
+        help="Memory of one notebook in MiB: what each of its processes may allocate and "
+        "what all of them may use together.",
+    ).tag(config=True)
+    max_processes = Integer(
+        Limits.max_processes, min=8, help="Processes and threads one notebook may have at once."
+    ).tag(config=True)
+    preflight = Bool(
+        True,
+        help="Before the students, grade the instructor's solution (full marks expected) "
+        "and the release (0 expected), and stop if they come out otherwise.",
+    ).tag(config=True)
+
+    def limits(self, cell_seconds: float | None = None) -> Limits:
+        """The sandbox limits; the cell limit is ``cell_seconds``, else c.Execute.timeout."""
+        if cell_seconds is None:
+            execute = self.config.get("Execute", {})
+            cell_seconds = execute.get("timeout", None) if "timeout" in execute else None
+        return Limits(
+            notebook_seconds=self.notebook_timeout,
+            cell_seconds=float(cell_seconds or DEFAULT_CELL_SECONDS),
+            memory_mb=self.memory_mb,
+            max_processes=self.max_processes,
+        )
+
+    def job_count(self) -> int:
+        return self.jobs or os.cpu_count() or 1
