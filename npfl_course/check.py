@@ -26,6 +26,7 @@ The parts: :mod:`npfl_course.check_notebook` (the notebooks' structure),
 
 from __future__ import annotations
 
+import ast
 import os
 import time
 from collections import Counter
@@ -61,8 +62,14 @@ from npfl_course.check_plan import dependencies as dependencies
 
 
 def static_problems(notebook: nbformat.NotebookNode, variants: ModuleType | None) -> list[str]:
-    """What is wrong with a source notebook and its variants before grading anything."""
+    """What is wrong with a source notebook and its variants before grading anything.
+
+    The one rulebook of an assignment's static form: ``npfl-course check`` fails on any of
+    these and so do the repository's tests (tests/test_assignments.py calls this).
+    """
     problems = []
+    if notebook.metadata.get("kernelspec", {}).get("name") != "python3":
+        problems.append("the notebook's kernelspec must be python3")
     ids = [cell.metadata.get("nbgrader", {}).get("grade_id") for cell in notebook.cells]
     for index, cell in enumerate(notebook.cells):
         expected = expected_metadata(cell)
@@ -70,6 +77,11 @@ def static_problems(notebook: nbformat.NotebookNode, variants: ModuleType | None
             problems.append(f"cell {index}: invalid or unusual nbgrader metadata")
         if cell.cell_type == "code" and (cell.outputs or cell.execution_count is not None):
             problems.append(f"cell {index} has outputs: clear them")
+        kind = cell_kind(cell)
+        if expected is not None and kind in ("test", "manual") and not expected["points"] > 0:
+            problems.append(f"cell {index} ({expected['grade_id']!r}) has no points")
+        if kind == "solution":
+            problems += solution_cell_problems(cell.source, f"solution cell {index}")
     problems += [f"grade_id {g!r} used twice" for g, n in Counter(ids).items() if g and n > 1]
     tests = autograded_tests(notebook)
     if not tests:
@@ -84,13 +96,56 @@ def static_problems(notebook: nbformat.NotebookNode, variants: ModuleType | None
                 problems.append(f"test cell {grade_id!r}: {call} outside forbid and time_limit")
     if variants is None:
         return [*problems, "no variants.py"]
+    return problems + variant_problems(variants, solutions, tests)
+
+
+def solution_cell_problems(source: str, where: str) -> list[str]:
+    """A solution cell holds one documented function; its answer lies between the markers,
+    after the signature and the docstring (the release keeps those)."""
+    lines = source.splitlines()
+    begins = [i for i, line in enumerate(lines) if line.strip() == SOLUTION_MARKERS[0]]
+    ends = [i for i, line in enumerate(lines) if line.strip() == SOLUTION_MARKERS[1]]
+    if not begins or len(begins) != len(ends):
+        return [f"{where}: unbalanced solution markers"]
+    if not graded_function(source):
+        return [f"{where} must define exactly one function"]
+    function = ast.parse(source).body[0]
+    if not ast.get_docstring(function):
+        return [f"{where}: the graded function needs a docstring"]
+    if begins[0] < function.body[0].end_lineno:  # 1-based line of the docstring's end
+        return [f"{where}: the signature and docstring must precede BEGIN SOLUTION"]
+    return []
+
+
+def variant_problems(variants: ModuleType, solutions: dict, tests: dict) -> list[str]:
+    """variants.py lists WRONG, ALTERNATIVE and DELEGATING variants: at least two WRONG ones
+    per solution cell, one of each other kind, uniquely named, each one function of the
+    cell it replaces, the failing ones naming the autograded tests they must fail."""
+    problems = [f"variants.py needs a list {kind}" for kind in KINDS
+                if not isinstance(getattr(variants, kind, None), list)]  # fmt: skip
+    if problems:
+        return problems
     for kind in KINDS:
-        for variant in getattr(variants, kind, []):
+        for variant in getattr(variants, kind):
             label = f"{kind} variant {variant.get('name')!r}"
+            if not variant.get("name"):
+                problems.append(f"{label} needs a name")
             if variant.get("cell") not in solutions:
                 problems.append(f"{label}: no solution cell {variant.get('cell')!r}")
-            elif kind != "ALTERNATIVE" and not set(variant.get("fails") or ["?"]) <= set(tests):
+                continue
+            function = graded_function(solutions[variant["cell"]].source)
+            if graded_function(variant.get("code", "")) != function:
+                problems.append(f"{label} must define exactly one function, {function}")
+            if kind != "ALTERNATIVE" and not set(variant.get("fails") or ["?"]) <= set(tests):
                 problems.append(f"{label}: bad fails {variant.get('fails')!r}")
+    wrong = Counter(variant.get("cell") for variant in variants.WRONG)
+    thin = [cell for cell in solutions if wrong[cell] < 2]
+    if thin:
+        problems.append(f"fewer than two WRONG variants for {thin}")
+    problems += [f"at least one {kind} variant is needed" for kind in ("ALTERNATIVE", "DELEGATING")
+                 if not getattr(variants, kind)]  # fmt: skip
+    names = [v.get("name") for kind in KINDS for v in getattr(variants, kind)]
+    problems += [f"variant name {n!r} used twice" for n, c in Counter(names).items() if c > 1]
     return problems
 
 

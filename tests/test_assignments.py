@@ -17,19 +17,19 @@ A submission is the release with the solutions filled in from the source except 
 the cells of its variants. Variants that cannot affect each other's judging cells share
 a submission (``NPFL_GRADING_GROUP=0``: one submission per variant); see
 npfl_course/check.py. All submissions of an assignment are autograded in one go, by
-the first test that needs the grades. Cheap static checks come first: clean notebooks
-with schema-3 metadata, unique grade_ids, every call of a graded function under
-``forbid`` and ``time_limit``, and complete variants. The times per assignment are
+the first test that needs the grades. Cheap static checks come first: the rules of
+``npfl_course.check.static_problems`` (clean notebooks with schema-3 metadata, unique
+grade_ids, one documented function per solution cell, every call of a graded function
+under ``forbid`` and ``time_limit``, complete variants), which ``npfl-course check``
+enforces too. The times per assignment are
 printed (``-rP`` or ``-s`` shows them); the source notebook must execute in 60 s.
 """
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import os
 import traceback
-from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import nbformat
@@ -52,7 +52,7 @@ def _variant_params() -> list:
     for name in NAMES:
         try:
             module = harness.load_variants(name)
-        except Exception:  # reported by test_variants_are_complete
+        except Exception:  # reported by test_notebook_and_variants_follow_the_rules
             continue
         for kind in KINDS:
             for index, variant in enumerate(getattr(module, kind, [])):
@@ -147,91 +147,48 @@ def test_there_are_assignments():
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_notebook_is_clean_and_well_formed(name):
+def test_notebook_and_variants_follow_the_rules(name):
+    """The rules of npfl-course check (``npfl_course.check.static_problems``), one rulebook."""
     notebook = _source(name)
     nbformat.validate(notebook)
-    assert notebook.metadata.kernelspec.name == "python3"
-    grade_ids = []
-    for index, cell in enumerate(notebook.cells):
-        where = f"cell {index} of {name}.ipynb"
-        if cell.cell_type == "code":
-            assert cell.outputs == [], f"{where} has outputs"
-            assert cell.execution_count is None, f"{where} has an execution count"
-        expected = harness.expected_metadata(cell)
-        assert expected is not None, f"{where} has no valid nbgrader metadata"
-        assert dict(cell.metadata.nbgrader) == expected, f"{where}: metadata differs"
-        grade_ids.append(expected["grade_id"])
-        kind = harness.cell_kind(cell)
-        if kind in ("test", "manual"):
-            assert expected["points"] > 0, f"{where} has no points"
-        if kind == "solution":
-            _check_solution_cell(cell.source, where)
-        if kind == "test" and cell.cell_type == "code":
-            assert harness.marked_lines(cell.source, harness.HIDDEN_MARKERS), (
-                f"{where} has no hidden tests (### BEGIN HIDDEN TESTS / ### END HIDDEN TESTS)"
-            )
-    duplicates = [g for g, count in Counter(grade_ids).items() if count > 1]
-    assert not duplicates, f"grade_ids used twice: {duplicates}"
-    assert harness.autograded_tests(notebook), "no autograded test cell"
+    assert not harness.static_problems(notebook, harness.load_variants(name))
 
 
-def _check_solution_cell(source: str, where: str) -> None:
-    lines = source.splitlines()
-    begins = [i for i, line in enumerate(lines) if line.strip() == harness.SOLUTION_MARKERS[0]]
-    ends = [i for i, line in enumerate(lines) if line.strip() == harness.SOLUTION_MARKERS[1]]
-    assert begins and len(begins) == len(ends), f"{where}: unbalanced solution markers"
-    assert harness.graded_function(source), f"{where} must define exactly one function"
-    function = ast.parse(source).body[0]
-    docstring = ast.get_docstring(function)
-    assert docstring, f"{where}: the graded function needs a docstring"
-    doc_end = function.body[0].end_lineno  # 1-based line of the docstring's end
-    assert begins[0] >= doc_end, f"{where}: the signature and docstring must precede BEGIN"
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (lambda nb, v: nb.metadata.kernelspec.update(name="python2"), "kernelspec"),
+        (lambda nb, v: setattr(v, "ALTERNATIVE", []), "at least one ALTERNATIVE"),
+        (lambda nb, v: setattr(v, "WRONG", v.WRONG[:1]), "fewer than two WRONG"),
+        (lambda nb, v: v.WRONG.append(dict(v.WRONG[0])), "used twice"),
+        (lambda nb, v: v.DELEGATING[0].update(code="x = 1"), "exactly one function"),
+        (
+            lambda nb, v: _solution_cell(nb).update(
+                source="def f():\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION"
+            ),
+            "docstring",
+        ),  # fmt: skip
+        (lambda nb, v: _solution_cell(nb).update(source="x = 1"), "unbalanced"),
+    ],
+)
+def test_the_rulebook_catches_broken_assignments(change, problem):
+    """What the repository's tests enforce, ``npfl-course check`` enforces too."""
+    import copy
+    import types
 
-
-@pytest.mark.parametrize("name", NAMES)
-def test_graded_functions_are_called_under_forbid_and_time_limit(name):
-    notebook = _source(name)
-    functions = {
-        harness.graded_function(c.source)
-        for c in harness.cells_by_kind(notebook, "solution").values()
-    }
-    functions.discard(None)
-    for grade_id, cell in harness.cells_by_kind(notebook, "test").items():
-        if cell.cell_type != "code":
-            continue
-        unguarded = harness.calls_outside_guards(cell.source, functions)
-        assert not unguarded, f"test cell {grade_id!r} calls outside forbid/time_limit: {unguarded}"
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_variants_are_complete(name):
+    name = NAMES[0]
+    notebook = copy.deepcopy(_source(name))
     module = harness.load_variants(name)
-    notebook = _source(name)
-    solutions = harness.cells_by_kind(notebook, "solution")
-    tests = harness.autograded_tests(notebook)
-    for kind in KINDS:
-        assert isinstance(getattr(module, kind, None), list), f"variants.py needs a list {kind}"
-    for kind in KINDS:
-        for variant in getattr(module, kind):
-            label = f"{kind} variant {variant.get('name')!r}"
-            assert variant.get("name"), f"{label} needs a name"
-            assert variant.get("cell") in solutions, (
-                f"{label}: no solution cell {variant.get('cell')!r}"
-            )
-            function = harness.graded_function(solutions[variant["cell"]].source)
-            assert harness.graded_function(variant["code"]) == function, (
-                f"{label} must define exactly one function, {function}"
-            )
-            if kind != "ALTERNATIVE":
-                fails = variant.get("fails")
-                assert fails and set(fails) <= set(tests), f"{label}: bad fails {fails!r}"
-    wrong = Counter(variant["cell"] for variant in module.WRONG)
-    thin = [cell for cell in solutions if wrong[cell] < 2]
-    assert not thin, f"fewer than two WRONG variants for {thin}"
-    assert module.ALTERNATIVE, "at least one ALTERNATIVE variant is needed"
-    assert module.DELEGATING, "at least one DELEGATING variant is needed"
-    names = [v["name"] for kind in KINDS for v in getattr(module, kind)]
-    assert len(names) == len(set(names)), "variant names must be unique"
+    variants = types.SimpleNamespace(
+        **{kind: [dict(v) for v in getattr(module, kind)] for kind in KINDS}
+    )
+    change(notebook, variants)
+    problems = harness.static_problems(notebook, variants)
+    assert any(problem in p for p in problems), problems
+
+
+def _solution_cell(notebook):
+    return next(c for c in notebook.cells if harness.cell_kind(c) == "solution")
 
 
 def _toy_notebook() -> nbformat.NotebookNode:
