@@ -12,10 +12,13 @@ the failing paths run). Then, in the same run, it times
 * ours: ``python -m npfl_course.cli autograde ASSIGNMENT --jobs N``: sandboxed workers,
 
 checks that both gave every submission the same score, and prints both times and the
-ratio. The two take turns on ``--rounds`` slices of the submissions (stock, ours, stock,
-ours), so that a change in the machine's load during the run hits both alike. It also
-times what a notebook's start costs (a Python process, ``import torch``, ``import
-npfl_lib``, a Jupyter kernel until it answers), to show what dominates.
+ratio. Our preflight (the instructor's solution and the release, graded before the
+first student) runs once per assignment and is then remembered in the course, so it
+runs once, before the rounds, and is reported apart. The two take turns on ``--rounds``
+slices of the submissions (stock, ours, stock, ours), so that a change in the machine's
+load during the run hits both alike. It also times what a notebook's start costs (a
+Python process, ``import torch``, ``import npfl_lib``, a Jupyter kernel until it
+answers), to show what dominates.
 """
 
 from __future__ import annotations
@@ -101,6 +104,19 @@ def startup_costs(repeat: int = 3) -> dict[str, float]:
     return costs
 
 
+def _preflight(course_dir: Path, assignment: str, jobs: int) -> float:
+    from npfl_course.autograde import Autograder
+    from npfl_course.autograde_preflight import preflight
+    from npfl_course.course import load_course
+    from npfl_course.sandbox import isolation
+
+    course = load_course(course_dir)
+    grader = Autograder(course, assignment, jobs=jobs)
+    result = preflight(course, assignment, limits=grader.limits, jobs=jobs,
+                       unsandboxed=isolation()[0] != "bwrap")  # fmt: skip
+    return result.seconds
+
+
 def _round(base: Path, target: Path, students: list[str]) -> Path:
     """A copy of ``base`` holding only the submissions of ``students``."""
     shutil.copytree(base, target)
@@ -128,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"building a course with {n} submissions of {args.assignment} ...")
         base = build_course(workdir / "base", args.assignment, n)
         students = sorted(p.name for p in (base / "submitted").iterdir())
+        # The preflight (the instructor's solution and the release, graded first) runs once
+        # per assignment and is then remembered in the course; every round's copy has it.
+        print("preflight, once per assignment (then remembered) ...", flush=True)
+        preflight_s = _preflight(base, args.assignment, args.jobs)
         stock_s = ours_s = 0.0
         same = True
         for index in range(args.rounds):
@@ -151,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{stock_label:<36} {stock_s:7.1f} s ({stock_s / n:.2f} s per notebook)")
         print(f"{ours_label:<36} {ours_s:7.1f} s ({ours_s / n:.2f} s per notebook)")
         print(f"{'ratio (stock / ours):':<36} {stock_s / ours_s:7.2f}x")
+        print(
+            f"{'our preflight, once per assignment:':<36} {preflight_s:7.1f} s (not in the above)"
+        )
         print(f"same scores for all {n} submissions: {same}")
         print("\nwhat a notebook pays before its first cell (median of 3):")
         for label, seconds in startup_costs().items():
