@@ -106,7 +106,7 @@ def startup_costs(repeat: int = 3) -> dict[str, float]:
 
 def _preflight(course_dir: Path, assignment: str, jobs: int) -> float:
     from npfl_course.autograde import Autograder
-    from npfl_course.autograde_preflight import preflight
+    from npfl_course.autograde.preflight import preflight
     from npfl_course.course import load_course
     from npfl_course.sandbox import isolation
 

@@ -161,8 +161,8 @@ def _zip_collect(course: Course, args) -> int:
 
 def _autograde(course: Course, args) -> int:
     from npfl_course.autograde import SandboxUnavailableError, autograde
-    from npfl_course.autograde_preflight import PreflightError
-    from npfl_course.autograde_settings import NpflAutograde
+    from npfl_course.autograde.preflight import PreflightError
+    from npfl_course.autograde.settings import NpflAutograde
     from npfl_course.sandbox import isolation
 
     limits = NpflAutograde(parent=course.app).limits(cell_seconds=args.cell_timeout)

@@ -16,7 +16,7 @@ For each assignment (parametrized by name, so ``-k losses_and_gradients`` select
 A submission is the release with the solutions filled in from the source except for
 the cells of its variants. Variants that cannot affect each other's judging cells share
 a submission (``NPFL_GRADING_GROUP=0``: one submission per variant); see
-npfl_course/check.py. All submissions of an assignment are autograded in one go, by
+npfl_course/check/. All submissions of an assignment are autograded in one go, by
 the first test that needs the grades. Cheap static checks come first: the rules of
 ``npfl_course.check.static_problems`` (clean notebooks with schema-3 metadata, unique
 grade_ids, one documented function per solution cell, every call of a graded function

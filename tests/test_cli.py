@@ -25,8 +25,16 @@ VARIANTS = """
 WRONG = [
     {"name": "add subtracts", "cell": "add", "code": "def add(a, b):\\n    return a - b",
      "fails": ["test_add"]},
+    {"name": "add multiplies", "cell": "add", "code": "def add(a, b):\\n    return a * b",
+     "fails": ["test_add"]},
     {"name": "mul adds", "cell": "mul", "code": "def mul(a, b):\\n    return a + b",
      "fails": ["test_mul"]},
+    {"name": "mul subtracts", "cell": "mul", "code": "def mul(a, b):\\n    return a - b",
+     "fails": ["test_mul"]},
+    {"name": "square doubles", "cell": "square", "code": "def square(x):\\n    return x + x",
+     "fails": ["test_square"]},
+    {"name": "square cubes", "cell": "square", "code": "def square(x):\\n    return x ** 3",
+     "fails": ["test_square"]},
 ]
 ALTERNATIVE = [{"name": "mul swapped", "cell": "mul", "code": "def mul(a, b):\\n    return b * a"}]
 DELEGATING = [
@@ -174,7 +182,7 @@ def test_demo_runs_the_whole_job(tmp_path, capsys):
 
 
 def test_demo_checks_its_own_grades():
-    from npfl_course.autograde_outcome import Outcome, Report
+    from npfl_course.autograde.outcome import Outcome, Report
     from npfl_course.demo import _self_check
 
     def report(**scores):

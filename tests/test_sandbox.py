@@ -25,8 +25,15 @@ from pathlib import Path
 import pytest
 
 import npfl_lib
-from npfl_course import sandbox
-from npfl_course.sandbox import Limits, SandboxResult, run_sandboxed, sandbox_available
+from npfl_course.sandbox import (
+    Limits,
+    SandboxResult,
+    bwrap,
+    processes,
+    run_sandboxed,
+    sandbox_available,
+)
+from npfl_course.sandbox import run as sandbox_run
 
 REPO = Path(npfl_lib.__file__).resolve().parent.parent
 BWRAP = sandbox_available()
@@ -57,7 +64,7 @@ def _python_for(mode: str) -> str:
     if mode == "bwrap" or os.geteuid() != 0:
         return sys.executable
     for candidate in (sys.executable, "/usr/bin/python3"):
-        if os.path.exists(candidate) and sandbox._reachable_by_others(candidate):
+        if os.path.exists(candidate) and processes.reachable_by_others(candidate):
             return candidate
     pytest.skip("as root without bwrap the process limit needs a Python other uids can run")
 
@@ -217,7 +224,7 @@ def test_huge_output_is_truncated(workdir, mode):
     code = "import sys; sys.stdout.write('a' * (20 * 2 ** 20) + 'THE END')"
     result = _run(code, workdir, mode)
     assert result.returncode == 0
-    assert len(result.stdout) < sandbox.MAX_OUTPUT_BYTES + 100
+    assert len(result.stdout) < sandbox_run.MAX_OUTPUT_BYTES + 100
     assert result.stdout.startswith("aaa") and result.stdout.endswith("THE END")
     assert "bytes of output truncated" in result.stdout
 
@@ -258,7 +265,7 @@ def test_root_runs_as_distinct_unprivileged_uids(workdir, mode):
     for thread in threads:
         thread.join()
     ids = [results[w].stdout.split()[0] for w in (workdir, other)]
-    assert len(set(ids)) == 2 and all(int(i) >= sandbox.UID_BASE for i in ids)
+    assert len(set(ids)) == 2 and all(int(i) >= processes.UID_BASE for i in ids)
     # What it wrote belongs to the workdir's owner again afterwards.
     _run("open('made.txt', 'w').write('x')", workdir, mode)
     assert {p.stat().st_uid for p in [workdir, *workdir.iterdir()]} == {os.getuid()}
@@ -366,7 +373,7 @@ def test_sandbox_dies_with_its_parent(workdir):
 
 def test_fallback_warns_once_and_require_sandbox_raises(workdir, monkeypatch):
     monkeypatch.setenv("NPFL_COURSE_NO_BWRAP", "1")
-    monkeypatch.setattr(sandbox, "_warned", threading.Event())
+    monkeypatch.setattr(sandbox_run, "_warned", threading.Event())
     assert not sandbox_available()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -380,30 +387,30 @@ def test_fallback_warns_once_and_require_sandbox_raises(workdir, monkeypatch):
 
 
 def test_self_test_reports_missing_bwrap(monkeypatch):
-    monkeypatch.setattr(sandbox.shutil, "which", lambda name, *a, **k: None)
+    monkeypatch.setattr(sandbox_run.shutil, "which", lambda name, *a, **k: None)
     monkeypatch.delenv("NPFL_COURSE_BWRAP", raising=False)
-    assert sandbox._bwrap_self_test() == "bwrap is not installed"
+    assert sandbox_run._bwrap_self_test() == "bwrap is not installed"
     monkeypatch.setenv("NPFL_COURSE_BWRAP", "")
-    assert sandbox._bwrap_self_test() == "NPFL_COURSE_BWRAP='' names no executable"
-    assert sandbox.isolation()[1].startswith("NO sandbox (NPFL_COURSE_BWRAP='' names no")
+    assert sandbox_run._bwrap_self_test() == "NPFL_COURSE_BWRAP='' names no executable"
+    assert sandbox_run.isolation()[1].startswith("NO sandbox (NPFL_COURSE_BWRAP='' names no")
 
 
 def test_readonly_mounts_never_expose_the_course(workdir):
     course_workdir = REPO / "autograded" / "student" / "hw1"  # need not exist
     for target in (str(workdir), str(course_workdir)):
-        mounts = [dst for _, dst in sandbox._readonly_mounts(target, [])]
+        mounts = [dst for _, dst in bwrap.readonly_mounts(target, [])]
         assert str(Path(npfl_lib.__file__).parent) in mounts
         assert sys.prefix in mounts or any(sys.prefix.startswith(m) for m in mounts)
         for dst in mounts:  # no mount at or above the workdir or the course root
-            assert not sandbox._is_within(target, dst)
-            assert not sandbox._is_within(str(REPO), dst)
+            assert not bwrap.is_within(target, dst)
+            assert not bwrap.is_within(str(REPO), dst)
 
 
 def test_no_mount_above_the_workdir(workdir, monkeypatch):
     # e.g. a sys.path entry that holds the submissions: mounting it would show the others.
     above = {str(workdir.parent), str(workdir.parent.parent), sys.prefix}
-    monkeypatch.setattr("npfl_course.sandbox_bwrap._python_paths", lambda: above)
-    mounts = [dst for _, dst in sandbox._readonly_mounts(str(workdir), [])]
+    monkeypatch.setattr("npfl_course.sandbox.bwrap.python_paths", lambda: above)
+    mounts = [dst for _, dst in bwrap.readonly_mounts(str(workdir), [])]
     assert sys.prefix in mounts and str(workdir.parent) not in mounts
     assert str(workdir.parent.parent) not in mounts
 

@@ -32,7 +32,9 @@ def source_cell(kind: str, grade_id: str, source: str, points: float = 0) -> nbf
 
 
 def solution(signature: str, body: str) -> str:
-    return f"{signature}\n    ### BEGIN SOLUTION\n    {body}\n    ### END SOLUTION"
+    """A solution cell's source: the signature, a docstring, the answer between markers."""
+    doc = '    """Computes the answer (see the task)."""'
+    return f"{signature}\n{doc}\n    ### BEGIN SOLUTION\n    {body}\n    ### END SOLUTION"
 
 
 def tiny_source() -> nbformat.NotebookNode:

@@ -100,6 +100,9 @@ class GradingClient(NotebookClient):
             allow_errors=True,
             raise_on_iopub_timeout=True,
             record_timing=True,
+            # After an interrupt, how long the cell has to stop (nbgrader: 4 s); a loaded
+            # grading machine may need longer to deliver it.
+            iopub_timeout=10,
             shutdown_kernel="immediate",
             resources={"metadata": {"path": os.getcwd()}},
             **kwargs,
@@ -114,7 +117,10 @@ class GradingClient(NotebookClient):
         # A cell spending its time in fork() (a fork bomb) never sees the interrupt: Python
         # ignores errors in fork's hooks. So the kernel may not start processes until the
         # cell has stopped.
-        _set_process_limit(self._kernel_pid(), 0)
+        kernel = self._kernel_pid()
+        _set_process_limit(kernel, 0)
+        # Its children (a fork bomb's copies of the kernel) would get the interrupt too.
+        _kill_descendants(keep={kernel}, below=kernel)
         return await super()._async_handle_timeout(timeout, cell)
 
     def _kernel_pid(self) -> int | None:
@@ -354,11 +360,11 @@ def _children() -> dict[int, list[int]]:
     return children
 
 
-def _kill_descendants(keep: set[int | None]) -> None:
-    """SIGKILLs our descendants (orphans too: we are a subreaper) except ``keep`` (not
-    their descendants)."""
+def _kill_descendants(keep: set[int | None], below: int | None = None) -> None:
+    """SIGKILLs the descendants of ``below`` (default: ours, orphans too: we are a
+    subreaper) except ``keep`` (not their descendants)."""
     for _ in range(20):  # a fork bomb forks between the scan and the kill: repeat
-        children, found, todo = _children(), [], [os.getpid()]
+        children, found, todo = _children(), [], [below or os.getpid()]
         while todo:
             for child in children.get(todo.pop(), []):
                 found.append(child)

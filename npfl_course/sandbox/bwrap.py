@@ -2,7 +2,7 @@
 
 Only the workdir is writable; the system, the Python installation (prefixes, site
 directories, the sources of editable installs) and the requested paths are mounted
-read-only, never a directory at or above the workdir (:func:`_readonly_mounts`).
+read-only, never a directory at or above the workdir (:func:`readonly_mounts`).
 """
 
 from __future__ import annotations
@@ -12,18 +12,18 @@ import site
 import sys
 from collections.abc import Iterable, Mapping
 
-from npfl_course.sandbox_limits import Limits
-from npfl_course.sandbox_processes import _is_root, _real
+from npfl_course.sandbox.limits import Limits
+from npfl_course.sandbox.processes import is_root, real_path
 
 
-def _is_within(path: str, parent: str) -> bool:
+def is_within(path: str, parent: str) -> bool:
     return path == parent or path.startswith(parent.rstrip("/") + "/")
 
 
-def _python_paths() -> set[str]:
+def python_paths() -> set[str]:
     """Directories the Python installation needs: prefixes, site dirs, editable sources."""
     paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
-    paths.add(os.path.dirname(_real(sys.executable)))
+    paths.add(os.path.dirname(real_path(sys.executable)))
     paths.update(site.getsitepackages())
     if site.ENABLE_USER_SITE and os.path.isdir(site.getusersitepackages()):
         paths.add(site.getusersitepackages())
@@ -38,7 +38,7 @@ def _python_paths() -> set[str]:
         # loose modules (nbgrader_config.py may hold the gradebook's database password).
         if not entry or not os.path.isdir(entry) or not os.access(entry, os.R_OK):
             continue
-        if any(_is_within(_real(entry), _real(p)) for p in paths if os.path.exists(p)):
+        if any(is_within(real_path(entry), real_path(p)) for p in paths if os.path.exists(p)):
             continue
         for name in os.listdir(entry):
             full = os.path.join(entry, name)
@@ -47,20 +47,20 @@ def _python_paths() -> set[str]:
     return {p for p in paths if p and os.path.exists(p)}
 
 
-def _readonly_mounts(workdir: str, extra: Iterable[str]) -> list[tuple[str, str]]:
+def readonly_mounts(workdir: str, extra: Iterable[str]) -> list[tuple[str, str]]:
     """(source, destination) pairs to mount read-only, outermost first, deduplicated."""
     wanted: set[tuple[str, str]] = set()
-    for path in _python_paths():
+    for path in python_paths():
         # A mount above the workdir would show its siblings: other students' submissions.
-        if not _is_within(workdir, _real(path)):
-            wanted.add((_real(path), _real(path)))
-            if os.path.abspath(path) != _real(path):  # keep symlinked spellings working
-                wanted.add((_real(path), os.path.abspath(path)))
+        if not is_within(workdir, real_path(path)):
+            wanted.add((real_path(path), real_path(path)))
+            if os.path.abspath(path) != real_path(path):  # keep symlinked spellings working
+                wanted.add((real_path(path), os.path.abspath(path)))
     for path in extra:
-        wanted.add((_real(path), os.path.abspath(path)))
+        wanted.add((real_path(path), os.path.abspath(path)))
     result = []
     for src, dst in sorted(wanted, key=lambda m: (m[1].count("/"), m[1])):
-        if not any(_is_within(dst, d) and _is_within(src, s) for s, d in result):
+        if not any(is_within(dst, d) and is_within(src, s) for s, d in result):
             result.append((src, dst))
     return result
 
@@ -74,14 +74,14 @@ _ETC_FILES = (
 )  # fmt: skip
 
 
-def _bwrap_argv(
+def bwrap_argv(
     bwrap: str, workdir: str, readonly: Iterable[str], limits: Limits, env: Mapping[str, str]
 ) -> list[str]:
     args = [bwrap, "--die-with-parent", "--new-session", "--clearenv"]
     args += ["--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try"]
     if not limits.network:
         args.append("--unshare-net")
-    if _is_root():
+    if is_root():
         # Root keeps the host's user namespace so the launcher can switch to a real
         # unprivileged uid (a mapped uid inside a user namespace would still be root to
         # RLIMIT_NPROC); only the two capabilities that switch needs survive, until it.
@@ -99,7 +99,7 @@ def _bwrap_argv(
     size = str(limits.memory_mb << 20)
     args += ["--perms", "1777", "--size", size, "--tmpfs", "/tmp"]
     args += ["--perms", "1777", "--size", size, "--tmpfs", "/dev/shm"]
-    mounts = _readonly_mounts(workdir, readonly)
+    mounts = readonly_mounts(workdir, readonly)
     # bwrap creates missing parents as 0700 root: make them traversable by the sandbox uid.
     points = [d for _, d in mounts] + [workdir]
     parents = {os.path.dirname(p) for p in points}
@@ -108,7 +108,7 @@ def _bwrap_argv(
             parents.add(p)
             p = os.path.dirname(p)
     for parent in sorted(parents, key=lambda p: p.count("/")):
-        if parent != "/" and not any(_is_within(parent, d) for d in [*points, "/usr"]):
+        if parent != "/" and not any(is_within(parent, d) for d in [*points, "/usr"]):
             args += ["--perms", "0755", "--dir", parent]
     for src, dst in mounts:
         args += ["--ro-bind", src, dst]

@@ -1,6 +1,6 @@
 """The limits of a sandboxed command, and what it did: :class:`Limits`, :class:`SandboxResult`.
 
-:func:`_result` reads which limit a finished command hit (memory, processes, time) from
+:func:`read_result` reads which limit a finished command hit (memory, processes, time) from
 its exit status and output, and words the reason for feedback.
 """
 
@@ -86,7 +86,7 @@ def _signal_name(number: int) -> str:
         return str(number)
 
 
-def _result(returncode, stdout, stderr, timed_out, limits, bwrap, duration, left):
+def read_result(returncode, stdout, stderr, timed_out, limits, bwrap, duration, left):
     output = stdout[-(1 << 16) :] + stderr[-(1 << 16) :]
     memory = bool(_MEMORY_PATTERNS.search(output)) or (
         returncode is not None and -returncode in _MEMORY_SIGNALS

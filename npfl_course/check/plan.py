@@ -14,7 +14,7 @@ from types import ModuleType
 
 import nbformat
 
-from npfl_course.check_notebook import autograded_tests, cell_kind, cells_by_kind
+from npfl_course.check.notebook import autograded_tests, cell_kind, cells_by_kind
 
 KINDS = ("WRONG", "ALTERNATIVE", "DELEGATING")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import nbformat
 
-from npfl_course.check_notebook import ASSIGNMENTS, REPO, read_notebook, source_path
+from npfl_course.check.notebook import ASSIGNMENTS, REPO, read_notebook, source_path
 from npfl_course.sandbox import isolation
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import nbformat
 
-from npfl_course.autograde_outcome import Outcome
+from npfl_course.autograde.outcome import Outcome
 from npfl_course.course import CONFIG_NAME, Course, generate_assignment, scratch_copy
 from npfl_course.sandbox import Limits, isolation
 
@@ -118,7 +118,7 @@ def preflight(course: Course, assignment: str, *, limits: Limits, jobs: int = 2,
             or the assignment could not be generated; the message says which cells and why.
     """
     from npfl_course.autograde import Autograder
-    from npfl_course.check_notebook import make_submission
+    from npfl_course.check.notebook import make_submission
 
     start = time.monotonic()
     cache_path = course.root / CACHE_NAME

@@ -1,7 +1,7 @@
 """Phase 1 of autograding: a submission's cells put back as the assignment has them.
 
 :class:`RestoreCells` (an nbgrader preprocessor, run before ``OverwriteCells``) undoes
-what students do to cells; :func:`_read_submitted` reads a submitted notebook or says
+what students do to cells; :func:`read_submitted` reads a submitted notebook or says
 why it cannot be read.
 """
 
@@ -116,7 +116,7 @@ class RestoreCells(NbGraderPreprocessor):
         nb.cells = head + [cell for group in ordered for cell in group]
 
 
-def _read_submitted(path: str) -> nbformat.NotebookNode:
+def read_submitted(path: str) -> nbformat.NotebookNode:
     """The submitted notebook, or ValueError with a readable reason."""
     try:
         text = Path(path).read_bytes().decode("utf-8")
@@ -134,10 +134,10 @@ def _read_submitted(path: str) -> nbformat.NotebookNode:
         notebook = nbformat.reads(text, as_version=4)
         nbformat.validate(notebook)
     except Exception as exc:  # nbformat raises several kinds
-        raise ValueError(f"it is not a valid Jupyter notebook ({_first_line(exc)})") from None
+        raise ValueError(f"it is not a valid Jupyter notebook ({first_line(exc)})") from None
     return notebook
 
 
-def _first_line(exc: BaseException, limit: int = 200) -> str:
+def first_line(exc: BaseException, limit: int = 200) -> str:
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:limit]

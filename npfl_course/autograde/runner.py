@@ -1,40 +1,6 @@
-"""Parallel, sandboxed autograding built on nbgrader's own converter and gradebook.
+"""Schedules the submissions through the three phases: :class:`Autograder`.
 
-``nbgrader autograde`` handles one submission after another in one process, and runs
-each notebook in a kernel with the instructor's rights. Here every submission passes
-through nbgrader's ``Autograde`` converter in three phases:
-
-1. *prepare* (main thread): nbgrader's ``init_destination`` / ``init_assignment`` (student
-   and submission in the gradebook, timestamps, files copied from the source) and its
-   sanitizing preprocessors (``ClearOutput``, ``DeduplicateIds``, ``OverwriteKernelspec``,
-   ``OverwriteCells``, ``CheckCellMetadata``), writing ``autograded/<student>/<assignment>/``.
-   Before ``OverwriteCells``, :class:`RestoreCells` undoes what students do to cells
-   (nbgrader's issues #1682, #1083, #1941): nbgrader metadata edited, locked or test
-   cells deleted, cells reordered; and a notebook that cannot be read (invalid JSON, an
-   empty file, not a notebook) or is missing becomes the released notebook whose code
-   cells all fail with the reason, so it scores 0 instead of breaking the batch.
-2. *execute* (``--jobs`` worker threads): the prepared notebook, copied into a scratch
-   folder with only that submission's files, runs in a Jupyter kernel driven by
-   ``python -m npfl_course.worker`` (:mod:`npfl_course.worker`: nbclient with nbgrader's
-   settings, so cells behave as in JupyterLab and in stock nbgrader) under
-   ``npfl_course.sandbox.run_sandboxed`` (time, memory and process limits, no
-   network, no view of the course). A worker that dies (memory, ``os._exit``, a signal,
-   the notebook time limit) keeps the outputs of the cells it finished; the others get
-   a ``DeadKernelError`` saying why.
-3. *save* (main thread, the only writer to the gradebook): the rest of nbgrader's
-   autograde preprocessors (``IgnorePattern``, ``ClearMetadataPreprocessor``,
-   ``LimitOutput``, ``SaveAutoGrades``, ``AssignLatePenalties``, ``CheckCellMetadata``),
-   then nbgrader's permissions and post-convert hook.
-
-The gradebook is whatever ``CourseDirectory.db_url`` names (SQLite or Postgres). As with
-nbgrader, a submission already in ``autograded/`` is skipped unless ``force`` is set or
-it was resubmitted (a newer ``timestamp.txt``), so running again is idempotent.
-
-The parts: :mod:`npfl_course.autograde_restore` (phase 1's :class:`RestoreCells` and
-reading submissions), :mod:`npfl_course.autograde_nbgrader` (nbgrader's converter, phase
-by phase), :mod:`npfl_course.autograde_merge` (phase 3's merging of the executed
-outputs), :mod:`npfl_course.autograde_outcome` (:class:`Outcome`, :class:`Report`); this
-module schedules the submissions through the phases (:class:`Autograder`).
+See the package :mod:`npfl_course.autograde` for the phases.
 """
 
 from __future__ import annotations
@@ -65,21 +31,17 @@ from nbgrader.api import MissingEntry
 from nbgrader.converters import BaseConverter, NbGraderException
 from nbgrader.coursedir import CourseDirectory
 
-from npfl_course.autograde_merge import MAX_EXECUTED_BYTES as MAX_EXECUTED_BYTES
-from npfl_course.autograde_merge import OUTPUT_TYPES as OUTPUT_TYPES
-from npfl_course.autograde_merge import (
-    _read_executed,
+from npfl_course.autograde.converter import Converter, NoteHandler, faster_nbgrader
+from npfl_course.autograde.merge import (
     death_reason,
     fail_all,
     infrastructure_failure,
     merge,
+    read_executed,
 )
-from npfl_course.autograde_nbgrader import _Converter, _faster_nbgrader, _NoteHandler
-from npfl_course.autograde_outcome import GRADER_ERRORS as GRADER_ERRORS
-from npfl_course.autograde_outcome import Outcome, Report, lost_tests, stopped_cells
-from npfl_course.autograde_restore import RestoreCells as RestoreCells
-from npfl_course.autograde_restore import _first_line, _read_submitted
-from npfl_course.autograde_settings import NpflAutograde
+from npfl_course.autograde.outcome import Outcome, Report, lost_tests, stopped_cells
+from npfl_course.autograde.restore import first_line, read_submitted
+from npfl_course.autograde.settings import NpflAutograde
 from npfl_course.course import Course
 from npfl_course.sandbox import INSTALL_HINT, Limits, isolation, run_sandboxed
 from npfl_course.worker import (
@@ -105,7 +67,7 @@ class _Job:
     """One submission on its way through the three phases."""
 
     student: str
-    converter: _Converter
+    converter: Converter
     dest: Path
     prepared: dict[str, str] = field(default_factory=dict)  # notebook -> sanitized JSON
     unreadable: dict[str, str] = field(default_factory=dict)  # notebook -> why, not run
@@ -123,14 +85,14 @@ class Autograder:
         jobs (int | None): Notebooks executed at once (default: ``c.NpflAutograde.jobs``,
             else the number of CPUs).
         limits (Limits | None): Sandbox limits; default: those configured
-            (:class:`npfl_course.autograde_settings.NpflAutograde`, the cell limit from
+            (:class:`npfl_course.autograde.settings.NpflAutograde`, the cell limit from
             ``c.Execute.timeout``), else ``Limits()``.
         force (bool): Grade again what is already autograded.
         unsandboxed (bool): Grade even where bubblewrap cannot isolate student code
             (``--no-sandbox``; unsafe: see :func:`npfl_course.sandbox.isolation`). Without
             it, :meth:`run` raises :class:`SandboxUnavailableError` there.
         preflight (bool | None): Grade the instructor's solution and the release first and
-            stop if they do not score full marks and 0 (:mod:`npfl_course.autograde_preflight`);
+            stop if they do not score full marks and 0 (:mod:`npfl_course.autograde.preflight`);
             default ``c.NpflAutograde.preflight`` (True).
     """
 
@@ -201,7 +163,7 @@ class Autograder:
     def prepare(self, student: str) -> _Job | Outcome:
         """Phase 1 for one submission: a job to execute, or the outcome if none is needed."""
         coursedir = self._coursedir(student)
-        converter = _Converter(coursedir=coursedir, parent=self.course.app)
+        converter = Converter(coursedir=coursedir, parent=self.course.app)
         converter.writer = FilesWriter(parent=converter, config=converter.config)
         converter.exporter = converter.exporter_class(parent=converter, config=converter.config)
         dest = Path(converter._format_dest(self.assignment, student))
@@ -214,7 +176,7 @@ class Autograder:
         if not converter.init_destination(self.assignment, student):
             return Outcome(student, "skipped", notes=["already autograded (--force grades again)"])
         job = _Job(student, converter, dest)
-        handler = _NoteHandler()
+        handler = NoteHandler()
         self.course.app.log.addHandler(handler)
         try:
             self._prepare(job)
@@ -245,7 +207,7 @@ class Autograder:
                 self._placeholder(job, name, f"no {name}.ipynb was submitted (found: {found})")
                 continue
             try:
-                notebook = _read_submitted(path)
+                notebook = read_submitted(path)
             except ValueError as exc:
                 self._placeholder(job, name, f"{name}.ipynb could not be read: {exc}")
                 continue
@@ -292,7 +254,7 @@ class Autograder:
                 self.executions += 1
                 result = run_sandboxed(argv, workdir=workdir, limits=self.limits, env=self.env,
                                        require_sandbox=not self.unsandboxed)  # fmt: skip
-                job.results[name] = (_read_executed(Path(workdir) / out), result)
+                job.results[name] = (read_executed(Path(workdir) / out), result)
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
         return job
@@ -345,7 +307,7 @@ class Autograder:
         if isinstance(exc, InfrastructureError):
             message = f"not graded, not the student's fault: {exc}"
         else:
-            message = f"could not be graded: {type(exc).__name__}: {_first_line(exc)}"
+            message = f"could not be graded: {type(exc).__name__}: {first_line(exc)}"
         return Outcome(student, "failed", notes=[message])
 
     def check_isolation(self) -> tuple[str, str]:
@@ -365,7 +327,7 @@ class Autograder:
         """Autogrades ``students`` (default: every submission) and returns the report."""
         from tqdm.auto import tqdm
 
-        from npfl_course.autograde_preflight import preflight
+        from npfl_course.autograde.preflight import preflight
 
         start = time.monotonic()
         self._notebook_names()  # fails early if the assignment was never generated
@@ -396,7 +358,7 @@ class Autograder:
         warnings.simplefilter("ignore", nbformat.warnings.MissingIDFieldWarning)
         warnings.filterwarnings("ignore", module="sqlalchemy")  # nbgrader's autoflush noise
         warnings.filterwarnings("ignore", message=".*not in session", module="nbgrader")
-        context.enter_context(_faster_nbgrader())
+        context.enter_context(faster_nbgrader())
         try:
             while queue or pending:
                 while queue and len(pending) < 2 * self.jobs:  # prepare a little ahead
@@ -467,7 +429,7 @@ def autograde(course: Course, assignment: str, *, students: list[str] | None = N
 
     Raises:
         SandboxUnavailableError: No bubblewrap sandbox and not ``unsandboxed``.
-        npfl_course.autograde_preflight.PreflightError: The solution or the release was
+        npfl_course.autograde.preflight.PreflightError: The solution or the release was
             graded wrong; no student was graded.
     """
     grader = Autograder(course, assignment, jobs=jobs, limits=limits, force=force,

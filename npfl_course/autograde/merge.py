@@ -38,7 +38,7 @@ def _valid_output(output) -> bool:
     return True
 
 
-def _read_executed(path: Path) -> dict | None:
+def read_executed(path: Path) -> dict | None:
     """The worker's output notebook, or None if missing, too large or not a notebook."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))

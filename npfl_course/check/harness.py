@@ -19,8 +19,8 @@ Variants that cannot sway each other's judging test cells share one submission
 assignments may be graded side by side from threads: each runs in its own processes,
 at most :func:`jobs` notebooks at a time in all.
 
-The parts: :mod:`npfl_course.check_notebook` (the notebooks' structure),
-:mod:`npfl_course.check_plan` (the variant planner), :mod:`npfl_course.check_grade`
+The parts: :mod:`npfl_course.check.notebook` (the notebooks' structure),
+:mod:`npfl_course.check.plan` (the variant planner), :mod:`npfl_course.check.grade`
 (grading in a throwaway course); this module is the ``check`` command.
 """
 
@@ -35,16 +35,13 @@ from types import ModuleType
 
 import nbformat
 
-from npfl_course.check_grade import Graded, grade
-from npfl_course.check_grade import jobs as jobs
-from npfl_course.check_grade import safe_id as safe_id
-from npfl_course.check_notebook import ASSIGNMENTS as ASSIGNMENTS
-from npfl_course.check_notebook import CELL_KINDS as CELL_KINDS
-from npfl_course.check_notebook import (
+from npfl_course.check.grade import Graded, grade
+from npfl_course.check.notebook import (
     HIDDEN_MARKERS,
     SOLUTION_MARKERS,
     autograded_tests,
     calls_outside_guards,
+    cell_kind,
     cells_by_kind,
     discover,
     expected_metadata,
@@ -55,10 +52,7 @@ from npfl_course.check_notebook import (
     read_notebook,
     source_path,
 )
-from npfl_course.check_notebook import REPO as REPO
-from npfl_course.check_notebook import cell_kind as cell_kind
-from npfl_course.check_plan import KINDS, Plan, plan
-from npfl_course.check_plan import dependencies as dependencies
+from npfl_course.check.plan import KINDS, Plan, plan
 
 
 def static_problems(notebook: nbformat.NotebookNode, variants: ModuleType | None) -> list[str]:

@@ -1,8 +1,8 @@
 """nbgrader's Autograde converter, driven one submission and one phase at a time.
 
-:class:`_Converter` registers the sanitizing preprocessors (with :class:`RestoreCells`)
-or the grading ones (without execution, which the sandbox does); :func:`_faster_nbgrader`
-caches what nbgrader rebuilds for every submission; :class:`_NoteHandler` turns
+:class:`Converter` registers the sanitizing preprocessors (with :class:`RestoreCells`)
+or the grading ones (without execution, which the sandbox does); :func:`faster_nbgrader`
+caches what nbgrader rebuilds for every submission; :class:`NoteHandler` turns
 nbgrader's warnings into notes.
 """
 
@@ -17,10 +17,10 @@ from nbconvert.preprocessors import ExecutePreprocessor
 from nbgrader.converters import Autograde
 from nbgrader.preprocessors import DeduplicateIds
 
-from npfl_course.autograde_restore import RestoreCells
+from npfl_course.autograde.restore import RestoreCells
 
 
-class _Converter(Autograde):
+class Converter(Autograde):
     """nbgrader's Autograde converter, driven one submission and one phase at a time."""
 
     def _init_preprocessors(self) -> None:
@@ -40,7 +40,7 @@ def _is_execute(step) -> bool:
 
 
 @contextlib.contextmanager
-def _faster_nbgrader() -> Iterator[None]:
+def faster_nbgrader() -> Iterator[None]:
     """Two caches for what nbgrader rebuilds for every submission, inside the block.
 
     nbgrader opens a new ``Gradebook`` (a new SQLAlchemy engine, whose SQL it then
@@ -79,7 +79,7 @@ def _faster_nbgrader() -> Iterator[None]:
             engine.dispose()
 
 
-class _NoteHandler(logging.Handler):
+class NoteHandler(logging.Handler):
     """Collects nbgrader's warnings about one submission (edited cells, ...) as notes."""
 
     def __init__(self) -> None:

@@ -1,9 +1,9 @@
 """The processes of a sandboxed command: its launcher, its uid, and killing what it started.
 
-The launcher (:data:`_LAUNCHER`) runs first, sets the rlimits and drops to the sandbox
+The launcher (:data:`LAUNCHER`) runs first, sets the rlimits and drops to the sandbox
 uid; as root each sandbox gets an unprivileged uid of its own (``UID_BASE + slot``, a
-file lock per uid, :func:`_private_uid`), its workdir is chowned to it while it runs,
-and at the end every process of that uid is killed (:func:`_kill_all`).
+file lock per uid, :func:`private_uid`), its workdir is chowned to it while it runs,
+and at the end every process of that uid is killed (:func:`kill_all`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ MEMORY_POLL_SECONDS = 0.1
 # Runs first inside the sandbox (or as the fallback's child): drops to the unprivileged
 # uid, sets the limits, execs the command. Python rather than setpriv/prlimit so it works
 # wherever Python does; -I -S keeps its start-up around 10 ms.
-_LAUNCHER = r"""
+LAUNCHER = r"""
 import ctypes, os, resource, sys  # all imports first: the uid below may not read them
 uid, nproc, mem, fsize = (int(v) for v in sys.argv[1:5])
 argv = sys.argv[5:]
@@ -51,18 +51,18 @@ except OSError as exc:
 """
 
 
-def _is_root() -> bool:
+def is_root() -> bool:
     return os.geteuid() == 0
 
 
-def _real(path: str | os.PathLike) -> str:
+def real_path(path: str | os.PathLike) -> str:
     return os.path.realpath(os.fspath(path))
 
 
 @contextlib.contextmanager
-def _private_uid():
+def private_uid():
     """Yields an unprivileged uid no other sandbox uses now (a flock per uid), or -1."""
-    if not _is_root():
+    if not is_root():
         yield -1
         return
     lockdir = os.path.join(tempfile.gettempdir(), "npfl-course-sandbox-uids")
@@ -154,7 +154,7 @@ def _kill_uid(uid: int) -> None:
         time.sleep(0.01)
 
 
-def _kill_all(pid: int, uid: int, bwrap: bool) -> int:
+def kill_all(pid: int, uid: int, bwrap: bool) -> int:
     """SIGKILLs the command ``pid`` and everything it started; returns how many it found.
 
     The tree (bwrap's PID namespace dies with its init anyway), the process group, and as
@@ -174,7 +174,7 @@ def _kill_all(pid: int, uid: int, bwrap: bool) -> int:
     return found
 
 
-def _chown_tree(root: str, uid: int, gid: int, only_uid: int | None = None) -> None:
+def chown_tree(root: str, uid: int, gid: int, only_uid: int | None = None) -> None:
     # lchown never follows the symlinks a submission may plant; a hard-linked file is
     # skipped, since its other names may lie outside the workdir.
     for dirpath, dirnames, filenames in os.walk(root):
@@ -188,9 +188,9 @@ def _chown_tree(root: str, uid: int, gid: int, only_uid: int | None = None) -> N
                 os.lchown(name, uid, gid)
 
 
-def _reachable_by_others(path: str) -> bool:
+def reachable_by_others(path: str) -> bool:
     """Whether an unprivileged uid can reach ``path``: execute a file, list a directory."""
-    path = _real(path)
+    path = real_path(path)
     if not os.path.exists(path):
         return True  # nothing to reach: running it fails with "cannot execute" either way
     if os.path.isfile(path) and not os.stat(path).st_mode & 0o001:
@@ -206,7 +206,7 @@ def _reachable_by_others(path: str) -> bool:
         parent = os.path.dirname(parent)
 
 
-def _user_task_count() -> int:
+def user_task_count() -> int:
     """Processes and threads of our real uid (what RLIMIT_NPROC counts for it)."""
     count = 0
     for pid in _pids_of_uid(os.getuid()):

@@ -1,48 +1,6 @@
-"""Run one untrusted command (a student's notebook worker) with limits and isolation.
+"""Runs the command: :func:`run_sandboxed`, and which isolation this machine offers.
 
-``run_sandboxed(argv, workdir=...)`` runs ``argv`` with:
-
-* a wall-clock limit for the whole command; then every process it started is killed;
-* a memory limit of ``limits.memory_mb`` MiB, enforced twice. Each process may allocate at
-  most that much (``RLIMIT_DATA``: heap, anonymous mappings, writable data of libraries), so
-  a cell that allocates too much gets a ``MemoryError`` and the notebook goes on; and a
-  watchdog sums the anonymous memory (proportional set size) of all the command's
-  processes every MEMORY_POLL_SECONDS and kills them all when together they use more.
-  Address space that is only reserved is not counted (``RLIMIT_AS`` would count it: the
-  CUDA build of torch maps some 3 GB at import and could not even be imported under
-  2 GB). Works without root and without cgroups; the private /tmp and /dev/shm (tmpfs,
-  ``memory_mb`` each) come on top;
-* a process-count limit: ``RLIMIT_NPROC``. The kernel counts it per real user id and ignores
-  it for root, so when we are root the command runs as an unprivileged uid of its own
-  (``UID_BASE + slot``; a file lock per uid keeps concurrent sandboxes, also in other
-  processes, on distinct uids, so each submission has its own count, and at the end every
-  process of that uid is killed). Without root, bwrap's user namespace gives the sandbox
-  a count of its own;
-* a file-size limit (``RLIMIT_FSIZE``, FILE_SIZE_MB) and no core dumps;
-* bounded capture of stdout and stderr (the first and last MAX_OUTPUT_BYTES / 2 of each).
-
-With bubblewrap (``bwrap``, Debian package ``bubblewrap``) it is also isolated: only
-``workdir`` is writable (plus a private tmpfs ``/tmp``); the system (``/usr``, ``/etc``
-pieces), the Python installation (``sys.prefix``, ``sys.base_prefix``, site-packages, the
-source of editable installs such as ``npfl_lib``) and ``readonly`` are visible read-only;
-nothing else of the host is mounted (so the course directory, other submissions, the
-gradebook, ``source/`` and ``release/`` do not exist inside); there is no network (only
-its own loopback); it has its own PID, IPC and UTS namespaces, a new session, no
-capabilities, no_new_privs, and dies with its parent. GPUs are not mounted: submissions
-are graded on the CPU.
-
-Without a working ``bwrap`` it falls back to the limits alone (in a new session, killed as
-a process group and as a tree) and warns once that the file system and the network are
-NOT isolated. In the fallback, root switches to the sandbox uid only when other users can
-reach the command and the workdir's parent (otherwise there is no process limit), and a
-non-root user's limit is approximate (its own uid's count plus ``max_processes``).
-``require_sandbox=True`` raises RuntimeError instead of falling back; the environment
-variable ``NPFL_COURSE_NO_BWRAP=1`` forces the fallback.
-
-The parts: :mod:`npfl_course.sandbox_limits` (:class:`Limits`, :class:`SandboxResult` and
-how an exit is read), :mod:`npfl_course.sandbox_bwrap` (bubblewrap's command line and
-mounts), :mod:`npfl_course.sandbox_processes` (the launcher, the sandbox uids, killing
-the command's processes); this module runs the command.
+See the package :mod:`npfl_course.sandbox` for what the sandbox does.
 """
 
 from __future__ import annotations
@@ -59,27 +17,20 @@ import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 
-from npfl_course.sandbox_bwrap import _bwrap_argv
-from npfl_course.sandbox_bwrap import _is_within as _is_within
-from npfl_course.sandbox_bwrap import _python_paths as _python_paths
-from npfl_course.sandbox_bwrap import _readonly_mounts as _readonly_mounts
-from npfl_course.sandbox_limits import Limits, SandboxResult, _result
-from npfl_course.sandbox_processes import (
-    _LAUNCHER,
+from npfl_course.sandbox.bwrap import bwrap_argv, python_paths
+from npfl_course.sandbox.limits import Limits, SandboxResult, read_result
+from npfl_course.sandbox.processes import (
+    LAUNCHER,
     MEMORY_POLL_SECONDS,
-    _chown_tree,
-    _is_root,
-    _kill_all,
-    _private_uid,
-    _reachable_by_others,
-    _real,
-    _user_task_count,
+    chown_tree,
+    is_root,
+    kill_all,
     memory_mib,
+    private_uid,
+    reachable_by_others,
+    real_path,
+    user_task_count,
 )
-from npfl_course.sandbox_processes import UID_BASE as UID_BASE
-from npfl_course.sandbox_processes import UID_SLOTS as UID_SLOTS
-
-__all__ = ["Limits", "SandboxResult", "isolation", "run_sandboxed", "sandbox_available"]
 
 MAX_OUTPUT_BYTES = 1 << 20  # per stream: the first and the last half MiB are kept
 FILE_SIZE_MB = 1024  # largest file the command may write
@@ -192,9 +143,9 @@ def unavailable_reason() -> str | None:
 def _others_can_run(command: str, workdir_parent: str) -> bool:
     """Whether an unprivileged uid can run ``command`` (this Python: with its packages)."""
     needed = [command, workdir_parent]
-    if _real(command) == _real(sys.executable):
-        needed += _python_paths()
-    return all(_reachable_by_others(path) for path in needed)
+    if real_path(command) == real_path(sys.executable):
+        needed += python_paths()
+    return all(reachable_by_others(path) for path in needed)
 
 
 def isolation(command: str | None = None) -> tuple[str, str]:
@@ -212,18 +163,18 @@ def isolation(command: str | None = None) -> tuple[str, str]:
     if why is None:
         return "bwrap", "bubblewrap sandbox (no view of the course, no network)"
     command = shutil.which(command or sys.executable) or command or sys.executable
-    if _is_root() and _others_can_run(command, tempfile.gettempdir()):
+    if is_root() and _others_can_run(command, tempfile.gettempdir()):
         return "uid", (
             f"NO sandbox ({why}): student code runs as an unprivileged uid of its own with "
             "time, memory and process limits; it cannot change the course's files, but it "
             "can read every file that all users may read and it can use the network"
         )
-    who = "root" if _is_root() else f"uid {os.getuid()}"
+    who = "root" if is_root() else f"uid {os.getuid()}"
     hint = (
         " (this Python or its packages lie where other users cannot read them, e.g. under "
         "/root; a virtual environment made from the system's Python outside /root fixes "
         "that)"
-        if _is_root()
+        if is_root()
         else ""
     )
     return "none", (
@@ -290,7 +241,7 @@ def run_sandboxed(
     argv = [os.fspath(a) for a in argv]
     if not argv:
         raise ValueError("argv must name a command, got an empty sequence")
-    workdir = _real(workdir)
+    workdir = real_path(workdir)
     if not os.path.isdir(workdir):
         raise ValueError(f"workdir must be an existing directory, got {workdir!r}")
     readonly = [os.fspath(p) for p in readonly]
@@ -311,7 +262,7 @@ def run_sandboxed(
 
 
 def _run(argv, workdir, readonly, limits, env, bwrap) -> SandboxResult:
-    with _private_uid() as uid, contextlib.ExitStack() as cleanup:
+    with private_uid() as uid, contextlib.ExitStack() as cleanup:
         owner = os.stat(workdir)
         if bwrap is None:
             tmp = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="npfl-sandbox-"))
@@ -327,16 +278,16 @@ def _run(argv, workdir, readonly, limits, env, bwrap) -> SandboxResult:
         if uid < 0 and bwrap is None:
             # Our own uid, shared with everything else we run (approximate: concurrent
             # sandboxes share it too): leave room for that and our reader and timer threads.
-            nproc = -1 if _is_root() else limits.max_processes + _user_task_count() + 3
-        launcher = [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(uid), str(nproc)]
+            nproc = -1 if is_root() else limits.max_processes + user_task_count() + 3
+        launcher = [sys.executable, "-I", "-S", "-c", LAUNCHER, str(uid), str(nproc)]
         launcher += [str(limits.memory_mb << 20), str(FILE_SIZE_MB << 20), command, *argv[1:]]
         if uid >= 0:
-            _chown_tree(workdir, uid, uid)
-            cleanup.callback(_chown_tree, workdir, owner.st_uid, owner.st_gid, uid)
+            chown_tree(workdir, uid, uid)
+            cleanup.callback(chown_tree, workdir, owner.st_uid, owner.st_gid, uid)
             if bwrap is None:
-                _chown_tree(tmp, uid, uid)
+                chown_tree(tmp, uid, uid)
         if bwrap is not None:
-            command_line = _bwrap_argv(bwrap, workdir, readonly, limits, full_env) + launcher
+            command_line = bwrap_argv(bwrap, workdir, readonly, limits, full_env) + launcher
             popen_env = {}
         else:
             command_line, popen_env = launcher, full_env
@@ -359,7 +310,7 @@ def _run(argv, workdir, readonly, limits, env, bwrap) -> SandboxResult:
 
         def expire():
             expired.set()
-            counts.append(_kill_all(proc.pid, uid, bwrap is not None))
+            counts.append(kill_all(proc.pid, uid, bwrap is not None))
 
         def watch_memory():
             while not finished.wait(MEMORY_POLL_SECONDS):
@@ -367,7 +318,7 @@ def _run(argv, workdir, readonly, limits, env, bwrap) -> SandboxResult:
                 peak[0] = max(peak[0], used)
                 if used > limits.memory_mb:
                     over_memory.set()
-                    counts.append(_kill_all(proc.pid, uid, bwrap is not None))
+                    counts.append(kill_all(proc.pid, uid, bwrap is not None))
                     return
 
         timer = threading.Timer(limits.notebook_seconds, expire)
@@ -383,7 +334,7 @@ def _run(argv, workdir, readonly, limits, env, bwrap) -> SandboxResult:
             finished.set()
             timer.join()
             watchdog.join()
-            counts.append(_kill_all(proc.pid, uid, bwrap is not None))  # what it left behind
+            counts.append(kill_all(proc.pid, uid, bwrap is not None))  # what it left behind
         returncode = proc.wait()
         duration = time.monotonic() - start
         for reader in readers:
@@ -395,7 +346,7 @@ def _run(argv, workdir, readonly, limits, env, bwrap) -> SandboxResult:
     elif bwrap is not None and returncode > 128:
         returncode = 128 - returncode  # bwrap turns death by signal N into 128 + N
     timed_out, left = expired.is_set(), max(counts)
-    result = _result(returncode, stdout, stderr, timed_out, limits, bwrap, duration, left)
+    result = read_result(returncode, stdout, stderr, timed_out, limits, bwrap, duration, left)
     result.peak_memory_mb = peak[0]
     if over_memory.is_set() and not timed_out:
         result.memory_exceeded = True
