@@ -108,6 +108,7 @@ class GradingClient(NotebookClient):
             **kwargs,
         )
         self.out, self.memory_mb = out, memory_mb
+        self._interrupter: asyncio.Future | None = None
         self.cells_run = 0
         self.pid = os.getpid()
         self._budget = {"stream": 0, "rich": 0, "count": 0}
@@ -121,7 +122,16 @@ class GradingClient(NotebookClient):
         _set_process_limit(kernel, 0)
         # Its children (a fork bomb's copies of the kernel) would get the interrupt too.
         _kill_descendants(keep={kernel}, below=kernel)
-        return await super()._async_handle_timeout(timeout, cell)
+        reply = await super()._async_handle_timeout(timeout, cell)
+        # An interrupt that arrives in fork()'s hooks is lost (Python ignores errors there):
+        # repeat it until the cell has stopped (cancelled then, in _run_cell).
+        self._interrupter = asyncio.ensure_future(_interrupt_again(kernel))
+        return reply
+
+    def _stop_interrupting(self) -> None:
+        if self._interrupter is not None:
+            self._interrupter.cancel()
+            self._interrupter = None
 
     def _kernel_pid(self) -> int | None:
         process = getattr(getattr(self.km, "provisioner", None), "process", None)
@@ -224,7 +234,8 @@ class GradingClient(NotebookClient):
         """Runs one cell; True when no further cell may run."""
         try:
             await self.async_execute_cell(cell, index, store_history=True)
-        except CellTimeoutError:  # no answer to the interrupt either
+        except CellTimeoutError:  # no answer to the interrupts either
+            self._stop_interrupting()
             _kill_descendants(keep=set())
             error = f"{self._timeout_message()} and ignored the interrupt"
             cell.outputs = [o for o in cell.outputs if o.output_type != "error"]
@@ -235,6 +246,7 @@ class GradingClient(NotebookClient):
                                        "interrupt")  # fmt: skip
             return True
         except DeadKernelError:
+            self._stop_interrupting()
             reason = self._death_reason()
             cell.outputs.append(
                 _error("DeadKernelError", f"the kernel died in this cell: {reason}")
@@ -242,6 +254,7 @@ class GradingClient(NotebookClient):
             self._finish_outputs(cell)
             self._fail_rest(index + 1, f"the kernel died in cell {index} ({reason})")
             return True
+        self._stop_interrupting()
         if any(o.get("ename") == "CellTimeoutError" for o in cell.outputs):
             self._after_timeout()
         self._finish_outputs(cell)
@@ -336,6 +349,13 @@ class GradingClient(NotebookClient):
 
 
 _PROCESS_LIMIT = resource.getrlimit(resource.RLIMIT_NPROC)
+
+
+async def _interrupt_again(pid: int | None, every: float = 0.2) -> None:
+    while pid is not None:
+        await asyncio.sleep(every)
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGINT)
 
 
 def _set_process_limit(pid: int | None, limit) -> None:
