@@ -158,6 +158,15 @@ def _submissions(course_dir: Path, port: int, outside: Path) -> dict[str, object
             "sys.modules['npfl_lib.grading'] = fake\n"
             "from npfl_lib.grading import check_close, forbid, time_limit",
         ),  # fmt: skip
+        # Its own npfl_lib and torch beside the notebook, as JupyterLab would import them
+        # (the notebook's folder comes first on sys.path): the grading helpers must not.
+        "shadow_grading_modules": {
+            "tiny.ipynb": wrong,
+            "npfl_lib/__init__.py": b"",
+            "npfl_lib/grading.py": b"import contextlib\ncheck_close = lambda *a, **k: None\n"
+            b"forbid = time_limit = lambda *a, **k: contextlib.nullcontext()\n",
+            "torch.py": b"raise SystemExit('shadowed')\n",
+        },
         "read_course_files": _insert_after(
             wrong,
             "mul",
@@ -206,6 +215,7 @@ EXPECTED = {
     "patch_showtraceback": {"test_mul": TAMPER, "test_square": "showtraceback"},
     "patch_builtins": {"test_mul": TAMPER, "test_square": "builtins.AssertionError"},
     "patch_sys_modules": {"test_mul": TAMPER, "test_square": "npfl_lib.grading"},
+    "shadow_grading_modules": {"test_mul": "AssertionError"},
     "read_course_files": {"test_mul": "AssertionError"},
     "write_outside_its_folder": {"test_mul": "AssertionError"},
     "open_a_network_connection": {"test_mul": "AssertionError"},
@@ -236,9 +246,13 @@ def batch(tmp_path_factory):
         folder.mkdir(parents=True)
         if isinstance(notebook, bytes):
             (folder / "tiny.ipynb").write_bytes(notebook)
-        elif isinstance(notebook, dict) and "cells" not in notebook:  # other files only
+        elif isinstance(notebook, dict) and "cells" not in notebook:  # files, not a notebook
             for name, data in notebook.items():
-                (folder / name).write_bytes(data)
+                (folder / name).parent.mkdir(parents=True, exist_ok=True)
+                if isinstance(data, bytes):
+                    (folder / name).write_bytes(data)
+                else:
+                    nbformat.write(data, folder / name)
         else:
             nbformat.write(notebook, folder / "tiny.ipynb")
     before = _hash(course_dir)
