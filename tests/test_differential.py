@@ -286,7 +286,7 @@ def test_the_trainer_with_default_verbosity_keeps_its_points_in_both_graders(tmp
         cell = next(c for c in source.cells if "trainer.fit(" in c.source)
         assert ", verbose=0)" in cell.source
         cell.source = cell.source.replace(", verbose=0)", ")")
-        folder = course.path("submitted", "student", name)
+        folder = course.path("submitted", name, "student")
         folder.mkdir(parents=True)
         nbformat.write(source, folder / f"{name}.ipynb")
         if side == "stock":
