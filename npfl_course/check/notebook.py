@@ -15,7 +15,8 @@ from types import ModuleType
 
 import nbformat
 
-REPO = Path(__file__).resolve().parent.parent
+from npfl_course.course import REPO
+
 ASSIGNMENTS = REPO / "assignments"
 
 SOLUTION_MARKERS = ("### BEGIN SOLUTION", "### END SOLUTION")
