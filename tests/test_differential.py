@@ -47,13 +47,15 @@ def habits_source() -> nbformat.NotebookNode:
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                        "language": "python"}  # fmt: skip
     notebook.cells = [
-        source_cell("readonly", "setup", "import math\nfrom npfl_lib.grading import check_close"),
+        # No torch here (the stock side would import it 24 times): the differences this test
+        # looks for are Jupyter's, and regularized_training below is a real assignment.
+        source_cell("readonly", "setup", "import math"),
         source_cell("solution", "double", solution("def double(x):", "return 2 * x")),
         source_cell("test", "test_double", "assert double(3) == 6", 1),
         source_cell(
             "test",
             "test_double_hidden",
-            "### BEGIN HIDDEN TESTS\ncheck_close(double(-1.5), -3.0)\n### END HIDDEN TESTS",
+            "### BEGIN HIDDEN TESTS\nassert math.isclose(double(-1.5), -3.0)\n### END HIDDEN TESTS",
             1,
         ),
         source_cell("solution", "half", solution("def half(x):", "return x / 2")),
