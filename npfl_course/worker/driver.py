@@ -133,9 +133,11 @@ class GradingClient(NotebookClient):
             self._interrupter.cancel()
             self._interrupter = None
 
+    def _kernel_process(self):
+        return getattr(getattr(self.km, "provisioner", None), "process", None)
+
     def _kernel_pid(self) -> int | None:
-        process = getattr(getattr(self.km, "provisioner", None), "process", None)
-        return getattr(process, "pid", None)
+        return getattr(self._kernel_process(), "pid", None)
 
     def _after_timeout(self) -> None:
         """Processes the timed-out cell left behind are killed; the kernel may fork again."""
@@ -315,7 +317,7 @@ class GradingClient(NotebookClient):
             await ensure_async(self.km.shutdown_kernel(now=True))
 
     def _death_reason(self) -> str:
-        process = getattr(getattr(self.km, "provisioner", None), "process", None)
+        process = self._kernel_process()
         status = process.poll() if process is not None else None
         if status is None:
             return "it stopped answering"
