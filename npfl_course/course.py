@@ -24,6 +24,33 @@ CONFIG_NAME = "nbgrader_config.py"
 REPO = Path(__file__).resolve().parent.parent
 
 
+STUDENT_ID_RULE = (
+    "letters, digits, '_', '-', '.' and '@', starting with a letter or a digit, "
+    "at most 128 characters"
+)
+
+
+def student_id_problem(student_id: str) -> str | None:
+    """Why ``student_id`` cannot be a student id, or None when it can.
+
+    nbgrader uses ids in paths, in file globs (``submitted/<id>/...``) and in the
+    exchange's file names (``<id>+<assignment>+<time>``), so an id may hold only
+    :data:`STUDENT_ID_RULE`: no glob characters (``[h]onest`` would match ``honest``), no
+    path separators, no ``+``, no whitespace or control characters.
+    """
+    if not isinstance(student_id, str) or not student_id:
+        return "it is empty"
+    if len(student_id) > 128:
+        return f"it is longer than 128 characters ({len(student_id)})"
+    bad = sorted({c for c in student_id if not (c.isalnum() or c in "_-.@")})
+    if bad:
+        shown = ", ".join(repr(c) for c in bad[:5])
+        return f"it contains {shown}; allowed are {STUDENT_ID_RULE}"
+    if not student_id[0].isalnum():
+        return f"it starts with {student_id[0]!r}; allowed are {STUDENT_ID_RULE}"
+    return None
+
+
 class CourseError(Exception):
     """A problem with the course directory or its configuration, for the user."""
 
