@@ -224,12 +224,12 @@ def generate_feedback(course: Course, assignment: str, force: bool = True) -> tu
 
 
 def export_csv(course: Course, path: str | os.PathLike) -> Path:
-    """nbgrader's CSV export of the whole gradebook (``nbgrader export``) to ``path``."""
-    from nbgrader.plugins import CsvExportPlugin
+    """The whole gradebook as CSV (:class:`npfl_course.export.SafeCsvExport`) to ``path``."""
+    from npfl_course.export import SafeCsvExport
 
     path = Path(path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
-    plugin = CsvExportPlugin(parent=course.app)
+    plugin = SafeCsvExport(parent=course.app)
     plugin.to = str(path)
     with course.gradebook() as gradebook:
         plugin.export(gradebook)

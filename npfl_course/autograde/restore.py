@@ -128,8 +128,16 @@ def read_submitted(path: str) -> nbformat.NotebookNode:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"it is not valid JSON ({exc})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
+    if not isinstance(data, dict):
+        raise ValueError("it is not a Jupyter notebook (not a JSON object)")
+    major = data.get("nbformat")
+    if major == 3 and isinstance(data.get("worksheets"), list):
+        pass  # an old notebook (IPython 2 era, or exported so): converted to v4 below
+    elif not isinstance(data.get("cells"), list):
         raise ValueError("it is not a Jupyter notebook (no list of cells)")
+    elif major not in (4, None):
+        raise ValueError(f"it is a notebook of format {major!r}, which nbformat cannot read; "
+                         "save it again in JupyterLab")  # fmt: skip
     try:
         notebook = nbformat.reads(text, as_version=4)
         nbformat.validate(notebook)

@@ -42,7 +42,8 @@ from npfl_course.autograde.merge import (
 from npfl_course.autograde.outcome import Outcome, Report, lost_tests, stopped_cells
 from npfl_course.autograde.restore import first_line, read_submitted
 from npfl_course.autograde.settings import NpflAutograde
-from npfl_course.course import Course
+from npfl_course.autograde.submission import link_problem, shown
+from npfl_course.course import Course, student_id_problem
 from npfl_course.sandbox import INSTALL_HINT, Limits, isolation, run_sandboxed
 from npfl_course.worker import (
     META_KEY,
@@ -126,14 +127,17 @@ class Autograder:
     def submitted_students(self) -> list[str]:
         """Student ids with a folder ``submitted/<student>/<assignment>/``."""
         coursedir = self.course.coursedir
-        pattern = coursedir.format_path(coursedir.submitted_directory, "*", self.assignment)
+        # The course's own path may hold glob characters: only the id is a wildcard.
+        marker = "\0"
+        pattern = coursedir.format_path(coursedir.submitted_directory, marker, self.assignment)
+        pattern = glob.escape(pattern).replace(marker, "*")
         regex = coursedir.format_path(
             coursedir.submitted_directory, "(?P<student_id>[^/]+)", self.assignment, escape=True
         )
         students = []
         for path in sorted(glob.glob(pattern)):
             match = re.fullmatch(regex, path)
-            if match and os.path.isdir(path):
+            if match and (os.path.isdir(path) or os.path.islink(path)):
                 students.append(match.group("student_id"))
         return students
 
@@ -172,7 +176,14 @@ class Autograder:
         if student in excluded:
             return Outcome(student, "skipped", notes=["excluded by student_id_exclude"])
         source = converter._format_source(self.assignment, student)
-        converter.notebooks = sorted(glob.glob(os.path.join(source, "*.ipynb")))
+        problem = student_id_problem(student)
+        if problem is not None:
+            why = f"not graded: '{shown(student)}' is not a valid student id: {problem}"
+            return Outcome(student, "failed", notes=[why])
+        problem = link_problem(source, str(self.course.root))
+        if problem is not None:
+            return Outcome(student, "failed", notes=[f"not graded: {problem}"])
+        converter.notebooks = sorted(glob.glob(os.path.join(glob.escape(source), "*.ipynb")))
         if not converter.init_destination(self.assignment, student):
             return Outcome(student, "skipped", notes=["already autograded (--force grades again)"])
         job = _Job(student, converter, dest)
@@ -247,6 +258,8 @@ class Autograder:
             try:
                 shutil.copytree(job.dest, workdir, symlinks=True, dirs_exist_ok=True,
                                 ignore=shutil.ignore_patterns(PENDING))  # fmt: skip
+                lean = _worker_input(job.prepared[name])
+                Path(workdir, f"{name}.ipynb").write_text(lean, encoding="utf-8")
                 out = f".{name}.executed.ipynb"
                 argv = worker_command(f"{name}.ipynb", out, self.limits.cell_seconds,
                                       self.limits.memory_mb)  # fmt: skip
@@ -400,6 +413,21 @@ class Autograder:
     def _dest(self, student: str) -> Path:
         coursedir = self.course.coursedir
         return Path(coursedir.format_path(coursedir.autograded_directory, student, self.assignment))
+
+
+def _worker_input(prepared: str) -> str:
+    """The notebook the worker runs: markdown and raw cells emptied (attachments too).
+
+    The worker needs only the code; a pasted 50 MB image in a markdown cell would
+    otherwise travel into the sandbox and back, and the cells keep their places, so the
+    parent merges outputs by index as before.
+    """
+    notebook = json.loads(prepared)
+    for cell in notebook.get("cells", []):
+        if cell.get("cell_type") != "code":
+            cell["source"] = ""
+            cell.pop("attachments", None)
+    return json.dumps(notebook)
 
 
 _MATPLOTLIB_LOCK = threading.Lock()
