@@ -42,7 +42,8 @@ def _all_pass(release) -> nbformat.NotebookNode:
 
 def _v3(notebook) -> str:
     """``notebook`` saved in nbformat 3 (a worksheet, ``input`` instead of ``source``)."""
-    return nbformat.writes(nbformat.convert(notebook, 3), version=3)
+    copy = nbformat.from_dict(json.loads(nbformat.writes(notebook)))
+    return nbformat.writes(nbformat.convert(copy, 3), version=3)
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +90,7 @@ def graded(tmp_path_factory):
                                        .decode()}}  # fmt: skip
     pasted.cells.insert(2, image)
     nbformat.write(pasted, folder("pasted_image") / "tiny.ipynb")  # 70 MB
-    before = {p: p.stat().st_mtime_ns for p in base.rglob("*") if "autograded" not in p.parts}
+    before = {p: p.lstat().st_mtime_ns for p in base.rglob("*") if p.is_file() or p.is_symlink()}
     grader = ag.Autograder(course, "tiny", jobs=2, limits=LIMITS, unsandboxed=UNSANDBOXED,
                            preflight=False)  # fmt: skip
     report = grader.run(progress=False)
@@ -106,6 +107,11 @@ def test_the_honest_get_their_grades(graded):
     for student in ("honest_victim", "ann", "old_format", "pasted_image"):
         assert outcomes[student].status == "graded", outcomes[student].notes
         assert outcomes[student].score == FULL, (student, outcomes[student].notes)
+
+
+def test_an_id_that_is_a_formula_is_not_graded(graded):
+    outcome = _outcomes(graded[1])["=HYPERLINK(1)"]
+    assert outcome.status == "failed" and "'='" in outcome.notes[0]
 
 
 def test_a_glob_in_an_id_grades_nobody_else(graded):
@@ -162,7 +168,7 @@ def test_nothing_outside_the_output_folders_changed(graded):
     outputs = {"autograded", "gradebook.db", "feedback"}
     for path, mtime in before.items():
         if not outputs & set(path.relative_to(base).parts):
-            assert path.stat().st_mtime_ns == mtime, path
+            assert path.lstat().st_mtime_ns == mtime, path
     for path in (Path(course.root) / "autograded").rglob("*"):
         assert not path.stat().st_mode & (stat.S_ISUID | stat.S_ISGID), path
 
@@ -172,11 +178,11 @@ def test_the_csv_export_is_safe_and_keeps_failures_apart(graded, tmp_path):
     with course.gradebook() as gradebook:  # a student the LMS knows who never submitted
         gradebook.update_or_create_student("zoe", first_name="+SUM(A1)", last_name="Doe, Jr.")
         gradebook.update_or_create_student("to_ann")  # submitted, but not graded
+        gradebook.update_or_create_student("=HYPERLINK(1)", email="@evil")  # via `nbgrader db`
     path = export_csv(course, tmp_path / "grades.csv")
     with open(path, encoding="utf-8", newline="") as handle:
         rows = {row["student_id"]: row for row in csv.DictReader(handle)}
-    assert rows["'=HYPERLINK(1)"]["score"] == "4.0"
-    assert rows["'=HYPERLINK(1)"]["status"] == "graded"
+    assert rows["'=HYPERLINK(1)"]["email"] == "'@evil"
     assert rows["zoe"]["first_name"] == "'+SUM(A1)" and rows["zoe"]["last_name"] == "Doe, Jr."
     assert rows["zoe"]["score"] == "0.0" and rows["zoe"]["status"] == "not submitted"
     assert rows["to_ann"]["score"] == "" and rows["to_ann"]["status"] == "not graded"
