@@ -35,3 +35,19 @@ c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedb
 CELL_TIMEOUT_S = int(os.environ.get("NPFL_CELL_TIMEOUT", "120"))
 c.Execute.timeout = CELL_TIMEOUT_S
 c.ExecutePreprocessor.timeout = CELL_TIMEOUT_S
+
+# Students' markdown and HTML, JavaScript and SVG outputs are made inert wherever nbgrader
+# renders a notebook as HTML: the formgrader's submission pages (which run with the
+# instructor's session) and the feedback. `npfl-course autograde` cleans the autograded
+# notebooks too; this is the second layer (and covers notebooks graded before it).
+c.HTMLExporter.preprocessors = ["npfl_course.feedback.SanitizeStudentContent"]
+# The feedback, also when generated from the formgrader or by `nbgrader generate_feedback`,
+# shows a test cell's released code, score and error message, not its hidden tests.
+c.GenerateFeedback.preprocessors = [
+    "nbgrader.preprocessors.GetGrades",
+    "npfl_course.feedback.HideHiddenTests",
+    "npfl_course.feedback.SanitizeStudentContent",
+    "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
+]
+# True: the feedback shows the test cells' full code and tracebacks, hidden tests included.
+c.NpflFeedback.show_hidden_tests = False

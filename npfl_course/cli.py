@@ -3,7 +3,7 @@
     npfl-course generate [ASSIGNMENT ...] [--force]
     npfl-course zip-collect ASSIGNMENT DIR [--pattern REGEX] [--force]
     npfl-course autograde ASSIGNMENT [--jobs N] [--timeout S] [--cell-timeout S]
-                          [--memory MB] [--student ID ...] [--force] [--no-sandbox]
+                          [--memory MB] [--disk MB] [--student ID ...] [--force] [--no-sandbox]
                           [--no-preflight]
     npfl-course feedback ASSIGNMENT
     npfl-course export [--csv PATH]
@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "allocate and what all of them may use together (default: "
                      "c.NpflAutograde.memory_mb, else 2048; grading this course's "
                      "assignments peaks below 500)")  # fmt: skip
+    sub.add_argument("--disk", type=_positive(int), default=None, metavar="MB",
+                     help="disk per notebook in MiB: the largest file it may write and what "
+                     "the files in its work folder may take together (default: "
+                     "c.NpflAutograde.disk_mb, else 1024)")  # fmt: skip
     sub.add_argument("--student", nargs="+", default=None, metavar="ID",
                      help="grade only these students")  # fmt: skip
     sub.add_argument("--force", action="store_true", help="grade again what is graded")
@@ -166,7 +170,7 @@ def _autograde(course: Course, args) -> int:
     from npfl_course.sandbox import isolation
 
     limits = NpflAutograde(parent=course.app).limits(cell_seconds=args.cell_timeout)
-    flags = {"notebook_seconds": args.timeout, "memory_mb": args.memory}
+    flags = {"notebook_seconds": args.timeout, "memory_mb": args.memory, "disk_mb": args.disk}
     limits = dataclasses.replace(limits, **{k: v for k, v in flags.items() if v is not None})
     kind, description = isolation()
     if kind != "bwrap" and args.no_sandbox:
@@ -187,7 +191,7 @@ def _autograde(course: Course, args) -> int:
 
 
 def _feedback(course: Course, args) -> int:
-    from npfl_course.course import generate_feedback
+    from npfl_course.feedback import generate_feedback
 
     ok, log = generate_feedback(course, args.assignment)
     where = course.path("feedback", args.assignment, "<student>")

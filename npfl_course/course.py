@@ -210,19 +210,6 @@ def generate_assignment(course: Course, assignment: str, force: bool = False) ->
     return _converter_result(converter)
 
 
-def generate_feedback(course: Course, assignment: str, force: bool = True) -> tuple[bool, str]:
-    """``nbgrader generate_feedback``: autograded -> feedback/<student>/<assignment>/*.html."""
-    from nbgrader.converters import GenerateFeedback
-    from traitlets.config import Config
-
-    converter = GenerateFeedback(coursedir=_coursedir(course, assignment), parent=course.app)
-    config = Config()
-    config.HTMLExporter.template_name = "feedback"  # as NbGraderAPI.generate_feedback does
-    converter.update_config(config)
-    converter.force = force
-    return _converter_result(converter)
-
-
 def export_csv(course: Course, path: str | os.PathLike) -> Path:
     """The whole gradebook as CSV (:class:`npfl_course.export.SafeCsvExport`) to ``path``."""
     from npfl_course.export import SafeCsvExport

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import nbformat
 
-from npfl_course.course import Course, generate_assignment, generate_feedback, scratch_copy
+from npfl_course.course import Course, generate_assignment, scratch_copy
+from npfl_course.feedback import generate_feedback
 
 DEFAULT_ASSIGNMENT = "regularization"  # the fastest to grade of this course's assignments
 

@@ -423,3 +423,181 @@ def test_lecture_notebook_runs_and_plots(course, lab, steps):
     sizes = images.evaluate_all("els => els.map(e => [e.naturalWidth, e.naturalHeight])")
     assert sizes and all(w > 100 and h > 100 for w, h in sizes), sizes
     steps.shot("lecture-plot-rendered")
+
+
+# ----------------------------------------------------------------------------------
+# Student content is inert in the formgrader and in the feedback
+# ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hits():
+    """``(port, paths)``: a local HTTP server that records every request it gets."""
+    import http.server
+    import threading
+
+    paths: list[str] = []
+
+    class Record(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            paths.append(self.path)
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Record)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1], paths
+    server.shutdown()
+
+
+def _act(port: int, where: str) -> str:
+    """JavaScript that, if it ever runs, marks the window and calls the recorder."""
+    return f"window.__npfl_xss=1;new Image().src='http://127.0.0.1:{port}/{where}'"
+
+
+@pytest.fixture(scope="module")
+def hostile(course, hits):
+    """The tiny assignment added to ``course`` with two autograded submissions whose
+    markdown and outputs carry payloads (see :func:`_act`), and their feedback:
+    ``hostile``, as ``npfl-course autograde`` leaves it, and ``legacy``, whose autograded
+    notebook gets the raw payloads back (as if graded before the sanitiser): only the
+    configured second layer (``c.HTMLExporter.preprocessors``) protects it.
+
+    Returns ``{student: (submission notebook id, feedback HTML path)}``."""
+    from tiny_course import tiny_source
+
+    from npfl_course.autograde import Autograder
+    from npfl_course.course import generate_assignment, load_course
+    from npfl_course.feedback import generate_feedback
+    from npfl_course.sandbox import Limits, isolation
+
+    port, _ = hits
+    markdown = (
+        "An honest answer with **bold** and $x^2$.\n\n"
+        f'<img src=x onerror="{_act(port, "md-img")}">\n\n'
+        f"<script>{_act(port, 'md-script')}</script>\n\n"
+        f"[click](javascript:{_act(port, 'md-link')})"
+    )
+    html = f'<b>honest html</b><img src=x onerror="{_act(port, "html")}">'
+    svg = f'<svg xmlns="http://www.w3.org/2000/svg" onload="{_act(port, "svg")}"></svg>'
+    code = (
+        "def square(x):\n    return x * x\n\n"
+        "from IPython.display import HTML, SVG, Javascript, Markdown, display\n"
+        f"display(HTML({html!r}))\n"
+        f"display(Javascript({_act(port, 'js')!r}))\n"
+        f"display(Markdown({markdown!r}))\n"
+        f"display(SVG({svg!r}))\n"
+    )
+    previous = os.environ.pop("NPFL_COURSE_OUTPUT", None)
+    try:
+        (course / "assignments" / "tiny").mkdir(parents=True)
+        nbformat.write(tiny_source(), course / "assignments" / "tiny" / "tiny.ipynb")
+        loaded = load_course(course)
+    finally:
+        if previous is not None:
+            os.environ["NPFL_COURSE_OUTPUT"] = previous
+    ok, log = generate_assignment(loaded, "tiny")
+    assert ok, log
+    release = harness.read_notebook(course / "release" / "tiny" / "tiny.ipynb")
+    source = harness.read_notebook(course / "assignments" / "tiny" / "tiny.ipynb")
+    submission = harness.make_submission(release, source, {"square": code})
+    submission.cells.append(nbformat.v4.new_markdown_cell(markdown))
+    for student in ("hostile", "legacy"):
+        (course / "submitted" / student / "tiny").mkdir(parents=True)
+        nbformat.write(submission, course / "submitted" / student / "tiny" / "tiny.ipynb")
+    grader = Autograder(loaded, "tiny", jobs=2, preflight=False,
+                        limits=Limits(notebook_seconds=120, cell_seconds=60),
+                        unsandboxed=isolation()[0] != "bwrap")  # fmt: skip
+    report = grader.run(progress=False)
+    assert [o.status for o in report.outcomes] == ["graded", "graded"], report.summary()
+
+    legacy = course / "autograded" / "legacy" / "tiny" / "tiny.ipynb"
+    notebook = harness.read_notebook(legacy)
+    notebook.cells[-1].source = markdown
+    square = next(c for c in notebook.cells if c.source.startswith("def square"))
+    square.outputs.append(nbformat.v4.new_output("display_data", data={"text/html": html}))
+    nbformat.write(notebook, legacy)
+
+    ok, log = generate_feedback(loaded, "tiny")
+    assert ok, log
+    from nbgrader.api import Gradebook
+
+    with Gradebook(loaded.db_url) as gradebook:
+        return {
+            student: (
+                gradebook.find_submission_notebook("tiny", "tiny", student).id,
+                course / "feedback" / student / "tiny" / "tiny.html",
+            )
+            for student in ("hostile", "legacy")
+        }
+
+
+# The pages load MathJax from a CDN; offline, the formgrader's own script then stops
+# before it shows the scores. This stands in for it.
+MATHJAX_STUB = """window.MathJax = {Hub: {Config() {}, Queue() {},
+    Register: {StartupHook() {}}, Startup: {signal: {Interest() {}}}}};"""
+
+
+def _offline(page: Page) -> None:
+    """Requests beyond this machine fail at once, except MathJax's (the stub)."""
+
+    def handle(route):
+        if "mathjax" in route.request.url.lower():
+            route.fulfill(status=200, content_type="text/javascript", body=MATHJAX_STUB)
+        else:
+            route.abort()
+
+    page.route(re.compile(r"^https?://(?!127\.0\.0\.1[:/])"), handle)
+
+
+def _payload_ran(page: Page, hits) -> list[str]:
+    """What ran: the recorder's hits and the page's mark, after the page had time to."""
+    page.wait_for_timeout(1500)  # image errors and SVG loads fire within milliseconds
+    ran = list(hits[1])
+    if page.evaluate("window.__npfl_xss") is not None:
+        ran.append("window.__npfl_xss")
+    return ran
+
+
+def _expect_honest_parts(page: Page) -> None:
+    """The student's text and formatting, in the markdown cell and the outputs."""
+    cell = page.locator(".text_cell_render", has_text="An honest answer with bold")
+    expect(cell.locator("strong", has_text="bold")).to_be_visible()
+    output = page.locator(".output_markdown", has_text="An honest answer with bold")
+    expect(output.locator("strong", has_text="bold")).to_be_visible()
+    expect(page.locator(".output_html b", has_text="honest html").first).to_be_visible()
+
+
+def test_student_content_does_not_run_for_the_instructor(course, lab, hostile, hits, steps):
+    page = steps.page
+    base, token = lab
+    _offline(page)
+    # The control: in this browser the payload runs and the recorder hears it.
+    page.set_content(f'<img src=x onerror="{_act(hits[0], "control")}">')
+    assert _payload_ran(page, hits) == ["/control", "window.__npfl_xss"]
+    hits[1].clear()
+
+    # A normal login: the session cookie is what a payload would ride on.
+    page.goto(f"{base}/login")
+    page.locator("#password_input").fill(token)
+    page.locator("#login_submit").click()
+    page.wait_for_url(re.compile(r"^(?!.*/login)"))
+    for student, (submission, feedback) in hostile.items():
+        page.goto(f"{base}/formgrader/submissions/{submission}/")
+        # the formgrader's script shows the autograded score as the input's placeholder
+        score = page.locator("input#test_square")
+        expect(score).to_have_attribute("placeholder", "1", timeout=TIMEOUT_MS)
+        _expect_honest_parts(page)
+        expect(page.get_by_text("BEGIN HIDDEN TESTS").first).to_be_visible()  # the instructor's
+        steps.shot(f"formgrader-{student}")
+        assert _payload_ran(page, hits) == [], f"in the formgrader page of {student}"
+
+        page.goto(feedback.as_uri())
+        expect(page.get_by_text("Score: 4.0 / 4.0")).to_be_visible()
+        _expect_honest_parts(page)
+        expect(page.get_by_text("BEGIN HIDDEN TESTS")).to_have_count(0)
+        steps.shot(f"feedback-{student}")
+        assert _payload_ran(page, hits) == [], f"in the feedback of {student}"

@@ -29,6 +29,7 @@ from npfl_course.sandbox import (
     Limits,
     SandboxResult,
     bwrap,
+    files,
     processes,
     run_sandboxed,
     sandbox_available,
@@ -271,6 +272,195 @@ def test_root_runs_as_distinct_unprivileged_uids(workdir, mode):
     assert {p.stat().st_uid for p in [workdir, *workdir.iterdir()]} == {os.getuid()}
 
 
+# --- disk: the limit, trees of any depth ------------------------------------------------
+
+DISK = Limits(notebook_seconds=60, memory_mb=512, max_processes=32, disk_mb=500)
+# Writes 4 files of 400 MB of zeros, in chunks of 8 MiB, into the folder FOLDER.
+WRITE_1600_MB = textwrap.dedent("""
+    import os
+    chunk = bytes(8 << 20)
+    for i in range(4):
+        with open(os.path.join(FOLDER, f"big{i}"), "wb") as f:
+            for _ in range(50):
+                f.write(chunk)
+    print("wrote it all")
+""")
+
+
+@pytest.fixture
+def private_tmp(monkeypatch):
+    """The folder the fallback's private /tmp is made in (other uids must enter it). Not
+    tempfile.tempdir: the sandbox uids' locks lie there, shared with other processes."""
+    folder = tempfile.mkdtemp(prefix="npfl-sandbox-test-tmp-")
+    os.chmod(folder, 0o755)
+    mkdtemp = tempfile.mkdtemp
+
+    def mkdtemp_here(suffix=None, prefix=None, dir=None):  # noqa: A002 - tempfile's name
+        return mkdtemp(suffix, prefix, folder if dir is None else dir)
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp_here)
+    yield Path(folder)
+    files.remove_tree(folder)
+
+
+def _largest(folders: list[str], done: threading.Event, peak: list[int]) -> None:
+    """Samples what ``folders`` take on disk every 5 ms until ``done`` (the watchdog: 100)."""
+    while not done.is_set():
+        peak[0] = max(peak[0], files.disk_usage(folders)[0])
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize("where", ["workdir", "tmp"])
+def test_disk_limit(workdir, mode, where, private_tmp):
+    if where == "tmp" and mode == "bwrap":
+        pytest.skip("bwrap's /tmp is a tmpfs of memory_mb: memory, not disk")
+    folder = "os.environ['TMPDIR']" if where == "tmp" else "'.'"
+    peak, done = [0], threading.Event()
+    monitor = threading.Thread(target=_largest, args=([str(workdir), str(private_tmp)], done, peak))
+    monitor.start()
+    try:
+        result = _run(f"import os\nFOLDER = {folder}\n{WRITE_1600_MB}", workdir, mode, limits=DISK)
+    finally:
+        done.set()
+        monitor.join()
+    assert result.disk_exceeded and not result.memory_exceeded and not result.timed_out
+    assert result.reason == "disk limit exceeded (500 MB in the work folder)"
+    assert "wrote it all" not in result.stdout
+    # What got through between two looks of the watchdog (100 ms apart) is bounded.
+    assert 500 <= result.peak_disk_mb < 800 and peak[0] < 800 << 20, (peak, result)
+    assert list(private_tmp.iterdir()) == []
+
+
+def test_disk_limit_counts_deleted_files_held_open(workdir, mode):
+    code = textwrap.dedent("""
+        import os, time
+        chunk, kept = bytes(8 << 20), []
+        for i in range(4):
+            f = open(f"big{i}", "wb")
+            os.unlink(f"big{i}")  # no folder shows it, but it takes space until closed
+            kept.append(f)
+            for _ in range(50):
+                f.write(chunk)
+        print("wrote it all")
+        time.sleep(30)
+    """)
+    result = _run(code, workdir, mode, limits=DISK)
+    assert result.disk_exceeded and result.duration < 20, result
+    assert "wrote it all" not in result.stdout and os.listdir(workdir) == []
+
+
+def test_a_file_larger_than_the_disk_limit_cannot_be_written(workdir, mode):
+    # Sparse, so it takes no space and the watchdog sees nothing: RLIMIT_FSIZE stops it.
+    result = _run("open('sparse', 'wb').truncate(600 << 20)", workdir, mode, limits=DISK)
+    assert result.returncode == 1 and "File too large" in result.stderr, result
+    assert not result.disk_exceeded
+
+
+def test_more_files_than_the_watchdog_counts_exceed_the_limit(workdir, mode, monkeypatch):
+    monkeypatch.setattr(files, "MAX_DISK_ENTRIES", 1000)
+    code = "import time\nfor i in range(3000): open(f'f{i}', 'w').close()\ntime.sleep(30)"
+    result = _run(code, workdir, mode, limits=DISK)
+    assert result.disk_exceeded and result.duration < 20
+    assert result.reason == (
+        "disk limit exceeded (more than 1000 files and folders in the work folder)"
+    )
+
+
+# Builds a tree DEPTH folders deep below the current folder, step by step (PATH_MAX limits
+# what one call may name), with a file in each and a link at the bottom; read-only there.
+DEEP_TREE = textwrap.dedent("""
+    top = os.getcwd()
+    for i in range(DEPTH):
+        os.mkdir("d")
+        with open("f", "w") as f:
+            f.write("x" * 100)
+        os.chdir("d")
+    os.symlink("/etc/passwd", "passwd")
+    os.chmod(".", 0o500)
+    os.chdir(top)
+    print("built")
+""")
+
+
+def test_a_deep_tree_is_handed_back_and_removed(workdir, mode, private_tmp):
+    code = "import os\nDEPTH = 1500\n" + DEEP_TREE + "os.chdir(os.environ['TMPDIR'])\n"
+    result = _run(code + DEEP_TREE, workdir, mode, limits=Limits(notebook_seconds=60))
+    assert result.returncode == 0 and result.stdout == "built\nbuilt\n", result.stderr
+    assert not result.disk_exceeded and result.peak_disk_mb > 0
+    assert list(private_tmp.iterdir()) == []  # the fallback's private /tmp is gone
+    if os.geteuid() == 0:  # every folder and file is the workdir's owner's again
+        root = os.open(workdir, os.O_RDONLY)
+        try:
+            owners = {info.st_uid for _, _, info in files._walk(root)}
+        finally:
+            os.close(root)
+        assert owners == {os.getuid()}
+    files.remove_tree(workdir)
+    assert not workdir.exists() and os.path.exists("/etc/passwd")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="without root there is no sandbox uid")
+def test_fallback_counts_and_removes_what_it_leaves_in_shared_folders(workdir, monkeypatch):
+    monkeypatch.setenv("NPFL_COURSE_NO_BWRAP", "1")
+    warnings.filterwarnings("ignore", "npfl_course.sandbox", RuntimeWarning)
+    stray = f"/tmp/npfl-stray-{uuid.uuid4().hex}"
+    code = f"import os\nos.mkdir({stray!r})\nFOLDER = {stray!r}\n{WRITE_1600_MB}"
+    result = _run(code, workdir, "fallback", limits=DISK)
+    assert result.disk_exceeded, result
+    assert not os.path.exists(stray)
+
+
+def test_trees_of_any_depth_are_measured_and_removed(tmp_path):
+    root = tmp_path / "tree"
+    root.mkdir()
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep")
+    folder = os.open(root, os.O_RDONLY)
+    for _ in range(3000):  # 6000 bytes of path: more than one call may name (PATH_MAX)
+        os.mkdir("d", dir_fd=folder)
+        os.symlink(outside, "link", dir_fd=folder)
+        deeper = os.open("d", os.O_RDONLY, dir_fd=folder)
+        os.close(folder)
+        folder = deeper
+    os.chmod(f"/proc/self/fd/{folder}", 0)
+    os.close(folder)
+    (root / "ro").mkdir()
+    (root / "ro" / "file").write_text("x")
+    (root / "ro").chmod(0o500)
+    used, problem = files.disk_usage([str(root)])
+    assert problem == f"a path longer than {files.MAX_WALK_PATH} bytes" and used > 0
+    assert files.disk_usage([str(root / "ro")])[1] is None
+    files.remove_tree(root)
+    assert not root.exists() and outside.read_text() == "keep"
+    files.remove_tree(root)  # gone: nothing to do
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "kept").write_text("x")
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    files.remove_tree(tmp_path / "link")  # a link goes, what it points to stays
+    assert not (tmp_path / "link").exists() and (tmp_path / "elsewhere" / "kept").exists()
+
+
+def test_remove_tree_goes_on_and_says_what_it_could_not_remove(tmp_path, monkeypatch):
+    for name in ("a", "b/c/stuck", "b/c/d/e"):
+        (tmp_path / "tree" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "tree" / name).write_text("x")
+    unlink = os.unlink
+
+    def failing(name, *args, **kwargs):
+        if name == "stuck":
+            raise PermissionError(1, "Operation not permitted", name)
+        return unlink(name, *args, **kwargs)
+
+    monkeypatch.setattr(files.os, "unlink", failing)
+    with pytest.raises(OSError, match="could not remove .*tree.*: 2 entries failed"):
+        files.remove_tree(tmp_path / "tree")
+    monkeypatch.undo()
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert left == ["tree/.npfl-removing/0/stuck"]  # all else went
+    files.remove_tree(tmp_path / "tree")
+    assert not (tmp_path / "tree").exists()
+
+
 # --- isolation (bwrap only) -----------------------------------------------------------
 
 
@@ -422,6 +612,6 @@ def test_bad_input(workdir):
         run_sandboxed(["true"], workdir=workdir / "missing")
     with pytest.raises(ValueError, match="readonly"):
         run_sandboxed(["true"], workdir=workdir, readonly=[workdir / "missing"])
-    for field in ("notebook_seconds", "cell_seconds", "memory_mb", "max_processes"):
+    for field in ("notebook_seconds", "cell_seconds", "memory_mb", "max_processes", "disk_mb"):
         with pytest.raises(ValueError, match=f"limits.{field}"):
             run_sandboxed(["true"], workdir=workdir, limits=Limits(**{field: 0}))

@@ -23,7 +23,7 @@ from npfl_course.autograde.submission import link_problem, shown
 from npfl_course.check import make_submission
 from npfl_course.course import export_csv, generate_assignment, load_course, student_id_problem
 from npfl_course.export import neutralised
-from npfl_course.sandbox import Limits, isolation
+from npfl_course.sandbox import Limits, isolation, remove_tree
 
 pytestmark = pytest.mark.filterwarnings("ignore::sqlalchemy.exc.SAWarning")  # nbgrader's
 UNSANDBOXED = isolation()[0] != "bwrap"
@@ -220,32 +220,36 @@ def test_student_id_rule(student_id, problem):
     assert (found is None) if problem is None else (problem in found), found
 
 
-def test_link_problem_walks_deep_trees_without_recursion(tmp_path):
-    root = tmp_path / "course"
-    folder = root / "submitted" / "s" / "a"
-    folder.mkdir(parents=True)
+def _nest(folder: Path, depth: int) -> None:
+    """``depth`` folders ``d/d/...`` below ``folder``, a file and a link at the bottom."""
+    previous = os.getcwd()
     os.chdir(folder)
     try:
-        for _ in range(1500):  # deeper than Python's recursion limit
+        for _ in range(depth):  # one level at a time: a path longer than PATH_MAX is fine
             os.mkdir("d")
             os.chdir("d")
         Path("ok.txt").write_text("x")
         os.symlink("/etc/passwd", "deep_link")
     finally:
-        os.chdir(tmp_path)
-    problem = link_problem(str(folder), str(root))
-    assert "deep_link is a symbolic link (to /etc/passwd)" in problem
+        os.chdir(previous)
+
+
+@pytest.mark.parametrize(
+    ("depth", "problem"),
+    [
+        (30, "d/deep_link is a symbolic link (to /etc/passwd)"),
+        (1500, "holds folders nested more than 64 deep"),  # beyond the recursion limit
+    ],
+)
+def test_link_problem_walks_deep_trees_without_recursion(tmp_path, depth, problem):
+    root = tmp_path / "course"
+    folder = root / "submitted" / "s" / "a"
+    folder.mkdir(parents=True)
+    _nest(folder, depth)
+    assert problem in link_problem(str(folder), str(root))
+    remove_tree(root)
+    assert not root.exists()
+
+
+def test_shown_escapes_what_a_terminal_would_run():
     assert shown("a\x1b[2Jb") == "a\\x1b[2Jb"
-    os.chdir(folder)
-    try:  # remove it bottom-up, iteratively, as deep as it was built
-        depth = 0
-        while os.path.isdir("d"):
-            os.chdir("d")
-            depth += 1
-        for _ in range(depth):
-            for name in os.listdir("."):
-                os.unlink(name) if not os.path.isdir(name) or os.path.islink(name) else None
-            os.chdir("..")
-            os.rmdir("d")
-    finally:
-        os.chdir(tmp_path)

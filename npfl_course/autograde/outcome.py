@@ -1,17 +1,52 @@
 """What ``npfl-course autograde`` reports: an Outcome per submission, the Report of a run.
 
 The reasons an outcome lists come from the graded notebook: :func:`lost_tests` (test
-cells that lost points) and :func:`stopped_cells` (other cells that hit a limit).
+cells that lost points) and :func:`stopped_cells` (other cells that hit a limit). Student ids,
+messages and notes come from students: the summary shows them through :func:`printable`.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from nbgrader import utils
 
-GRADER_ERRORS = {"CellTimeoutError", "DeadKernelError", "GradingTamperError"}
+# What a terminal may act on or what hides text: C0 controls (but tab and newline), DEL, C1
+# controls (U+009B is a CSI), bidirectional and zero-width marks, line and paragraph
+# separators, the byte order mark; and lone surrogates (a file name's undecodable bytes),
+# which cannot be encoded for printing at all.
+_UNPRINTABLE = (
+    r"\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069"
+    r"\ufeff\ud800-\udfff"
+)
+_CONTROL = re.compile(f"[{_UNPRINTABLE}]")
+_CONTROL_OR_NEWLINE = re.compile(f"[\\n{_UNPRINTABLE}]")
+
+
+def printable(text: object, *, one_line: bool = False) -> str:
+    """``text`` safe to print on a terminal: what a terminal would act on is escaped.
+
+    Control characters become escapes as Python writes them (ESC as ``\\x1b``, U+202E as
+    ``\\u202e``, an undecodable byte's surrogate as ``\\udcxx``), a tab four spaces; a
+    newline stays, or with ``one_line`` becomes ``\\n``, so that a student's text cannot
+    pose as a line of the summary.
+    """
+    text = str(text).replace("\t", "    ")
+    return (_CONTROL_OR_NEWLINE if one_line else _CONTROL).sub(_escape, text)
+
+
+def _escape(match: re.Match) -> str:
+    code = ord(match.group())
+    if code in (0x0A, 0x0D):
+        return "\\n" if code == 0x0A else "\\r"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+GRADER_ERRORS = {"CellTimeoutError", "DeadKernelError", "GradingTamperError", "OutputError"}
+# The first cell that failed says why; the others ("not run: ...") point to it.
+FOLLOWING_ERRORS = ("not run", "not read")
 
 
 @dataclass
@@ -68,8 +103,12 @@ class Report:
 
     def summary(self, details: bool = True) -> str:
         """A readable summary: counts, then one line per submission with its reasons."""
+
+        def shown(text) -> str:
+            return printable(text, one_line=True)
+
         lines = [
-            f"autograde {self.assignment}: {len(self.outcomes)} submission(s) in "
+            f"autograde {shown(self.assignment)}: {len(self.outcomes)} submission(s) in "
             f"{self.seconds:.1f} s with {self.jobs} job(s) ({self.isolation})",
             f"  graded: {self.count('graded')}, failed: {self.count('failed')}, "
             f"skipped: {self.count('skipped')}",
@@ -88,10 +127,10 @@ class Report:
             if not details and outcome.status != "failed":
                 continue  # the short summary still says why each failure failed
             score = outcome.score_text if outcome.score is not None else "-"
-            lines.append(f"  {outcome.student:<24} {outcome.status:<8} {score}")
+            lines.append(f"  {shown(outcome.student):<24} {outcome.status:<8} {score}")
             for grade_id, reason in outcome.lost.items():
-                lines.append(f"      {grade_id}: {reason}")
-            lines += [f"      note: {note}" for note in outcome.notes]
+                lines.append(f"      {shown(grade_id)}: {shown(reason)}")
+            lines += [f"      note: {shown(note)}" for note in outcome.notes]
         return "\n".join(lines)
 
 
@@ -103,7 +142,7 @@ def stopped_cells(notebook) -> list[str]:
             continue
         for output in cell.outputs:
             if output.output_type == "error" and output.ename in GRADER_ERRORS:
-                if not output.evalue.startswith("not run"):
+                if not output.evalue.startswith(FOLLOWING_ERRORS):
                     notes.append(f"cell {index}: {output.ename}: {output.evalue}"[:300])
     return notes
 

@@ -26,7 +26,6 @@ from pathlib import Path
 import nbformat
 import nbformat.warnings
 from nbconvert.writers import FilesWriter
-from nbgrader import utils
 from nbgrader.api import MissingEntry
 from nbgrader.converters import BaseConverter, NbGraderException
 from nbgrader.coursedir import CourseDirectory
@@ -44,7 +43,8 @@ from npfl_course.autograde.restore import first_line, read_submitted
 from npfl_course.autograde.settings import NpflAutograde
 from npfl_course.autograde.submission import link_problem, shown
 from npfl_course.course import Course, student_id_problem
-from npfl_course.sandbox import INSTALL_HINT, Limits, isolation, run_sandboxed
+from npfl_course.feedback import sanitize_student_content
+from npfl_course.sandbox import INSTALL_HINT, Limits, isolation, remove_tree, run_sandboxed
 from npfl_course.worker import (
     META_KEY,
     build_matplotlib_cache,
@@ -262,14 +262,17 @@ class Autograder:
                 Path(workdir, f"{name}.ipynb").write_text(lean, encoding="utf-8")
                 out = f".{name}.executed.ipynb"
                 argv = worker_command(f"{name}.ipynb", out, self.limits.cell_seconds,
-                                      self.limits.memory_mb)  # fmt: skip
+                                      self.limits.memory_mb, self.limits.disk_mb)  # fmt: skip
                 copy_matplotlib_cache(_matplotlib_cache(), workdir)
                 self.executions += 1
                 result = run_sandboxed(argv, workdir=workdir, limits=self.limits, env=self.env,
                                        require_sandbox=not self.unsandboxed)  # fmt: skip
                 job.results[name] = (read_executed(Path(workdir) / out), result)
-            finally:
-                shutil.rmtree(workdir, ignore_errors=True)
+            finally:  # any depth, files of any mode (remove_tree); what stays is noted
+                try:
+                    remove_tree(workdir)
+                except OSError as exc:
+                    job.notes.append(f"the temporary work folder was not removed: {exc}")
         return job
 
     # -- phase 3 ----------------------------------------------------------------------
@@ -299,6 +302,9 @@ class Autograder:
             converter._init_preprocessors()
             BaseConverter.convert_single_notebook(converter, str(path))
             graded = nbformat.read(path, as_version=4)
+            # The formgrader renders this file with the instructor's session: no student
+            # HTML, script or link may be active in it (the gradebook is already saved).
+            nbformat.write(sanitize_student_content(graded), path)
             outcome.lost.update(lost_tests(graded))
             outcome.notes += stopped_cells(graded)
         (job.dest / PENDING).unlink(missing_ok=True)
@@ -313,15 +319,19 @@ class Autograder:
 
     def _failed(self, student: str, dest: Path | None, exc: BaseException) -> Outcome:
         """Not graded, and recorded nowhere as a score: the next run grades it again."""
+        left = ""
         if dest is not None and dest.exists():
-            utils.rmtree(str(dest))  # as nbgrader does: the next run tries again
+            try:
+                remove_tree(dest)  # as nbgrader does: the next run tries again
+            except OSError as exc:
+                left = f"; remove {dest} before grading again ({exc})"
         with self.course.gradebook() as gradebook, contextlib.suppress(MissingEntry):
             gradebook.remove_submission(self.assignment, student)  # no score, not a 0
         if isinstance(exc, InfrastructureError):
             message = f"not graded, not the student's fault: {exc}"
         else:
             message = f"could not be graded: {type(exc).__name__}: {first_line(exc)}"
-        return Outcome(student, "failed", notes=[message])
+        return Outcome(student, "failed", notes=[message + left])
 
     def check_isolation(self) -> tuple[str, str]:
         """How student code will run here; raises when unsafe and not asked for."""
@@ -399,7 +409,8 @@ class Autograder:
                     bar.set_postfix(failed=sum(o.status == "failed" for o in outcomes.values()))
         except BaseException:
             for job in pending.values():  # unfinished: remove, so that a rerun grades them
-                shutil.rmtree(job.dest, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    remove_tree(job.dest)
             raise
         finally:
             context.close()

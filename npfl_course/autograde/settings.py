@@ -4,12 +4,13 @@ As nbgrader's own options::
 
     c.NpflAutograde.jobs = 8              # notebooks run at once (0: the number of CPUs)
     c.NpflAutograde.memory_mb = 4096      # per notebook, all its processes together
+    c.NpflAutograde.disk_mb = 2048        # per notebook, the files in its work folder
     c.NpflAutograde.notebook_timeout = 900
     c.NpflAutograde.max_processes = 64
     c.NpflAutograde.preflight = True
 
 The per-cell limit is nbgrader's ``c.Execute.timeout`` (also used by nbgrader's own
-autograde and Validate). The command line's flags (``--jobs``, ``--memory``,
+autograde and Validate). The command line's flags (``--jobs``, ``--memory``, ``--disk``,
 ``--timeout``, ``--cell-timeout``, ``--no-preflight``) override these.
 """
 
@@ -43,6 +44,12 @@ class NpflAutograde(Configurable):
         help="Memory of one notebook in MiB: what each of its processes may allocate and "
         "what all of them may use together.",
     ).tag(config=True)
+    disk_mb = Integer(
+        Limits.disk_mb,
+        min=16,
+        help="Disk of one notebook in MiB: the largest file it may write and what all the "
+        "files in its work folder may take together.",
+    ).tag(config=True)
     max_processes = Integer(
         Limits.max_processes, min=8, help="Processes and threads one notebook may have at once."
     ).tag(config=True)
@@ -62,6 +69,7 @@ class NpflAutograde(Configurable):
             cell_seconds=float(cell_seconds or DEFAULT_CELL_SECONDS),
             memory_mb=self.memory_mb,
             max_processes=self.max_processes,
+            disk_mb=self.disk_mb,
         )
 
     def job_count(self) -> int:

@@ -15,6 +15,7 @@ import os
 import stat
 
 MAX_ENTRIES = 10_000  # a submission with more files than this is not inspected further
+MAX_DEPTH = 64  # deeper folders: nbgrader copies recursively (RecursionError at ~1000)
 
 
 def shown(name: str) -> str:
@@ -59,9 +60,11 @@ def link_problem(folder: str, root: str) -> str | None:
         return f"{name} cannot be read ({exc.strerror})"
     if not stat.S_ISDIR(mode):
         return f"{name} is {_describe(folder, mode)}, not a folder; links are not followed"
-    bad, pending, seen = [], [folder], 0
+    bad, pending, seen = [], [(folder, 0)], 0
     while pending and seen < MAX_ENTRIES:
-        current = pending.pop()
+        current, depth = pending.pop()
+        if depth > MAX_DEPTH:
+            return f"{name} holds folders nested more than {MAX_DEPTH} deep; not graded"
         try:
             entries = list(os.scandir(current))
         except OSError as exc:
@@ -71,7 +74,7 @@ def link_problem(folder: str, root: str) -> str | None:
             seen += 1
             mode = entry.stat(follow_symlinks=False).st_mode
             if stat.S_ISDIR(mode):
-                pending.append(entry.path)
+                pending.append((entry.path, depth + 1))
             elif not stat.S_ISREG(mode):
                 bad.append(f"{shown(os.path.relpath(entry.path, folder))} is "
                            f"{_describe(entry.path, mode)}")  # fmt: skip

@@ -18,7 +18,15 @@
   processes, on distinct uids, so each submission has its own count, and at the end every
   process of that uid is killed). Without root, bwrap's user namespace gives the sandbox
   a count of its own;
-* a file-size limit (``RLIMIT_FSIZE``, FILE_SIZE_MB) and no core dumps;
+* a disk limit of ``limits.disk_mb`` MiB, enforced twice: no file may grow larger
+  (``RLIMIT_FSIZE``: the write fails with ``EFBIG``), and a watchdog sums the space allocated
+  to the files in ``workdir`` (and, without bubblewrap, the private /tmp) and to deleted
+  files the processes still hold open, every DISK_POLL_SECONDS (less often when the walk
+  takes long), and kills them all when together they take more. Its walk is bounded
+  (MAX_DISK_ENTRIES files and folders, paths of MAX_WALK_PATH bytes, readable folders):
+  a tree it cannot measure within these bounds counts as exceeding the limit. With
+  bubblewrap the private /tmp and /dev/shm are tmpfs of ``memory_mb`` each (memory);
+* no core dumps;
 * bounded capture of stdout and stderr (the first and last MAX_OUTPUT_BYTES / 2 of each).
 
 With bubblewrap (``bwrap``, Debian package ``bubblewrap``) it is also isolated: only
@@ -42,9 +50,11 @@ variable ``NPFL_COURSE_NO_BWRAP=1`` forces the fallback.
 The parts: :mod:`npfl_course.sandbox.limits` (:class:`Limits`, :class:`SandboxResult` and
 how an exit is read), :mod:`npfl_course.sandbox.bwrap` (bubblewrap's command line and
 mounts), :mod:`npfl_course.sandbox.processes` (the launcher, the sandbox uids, killing
-the command's processes); this module runs the command.
+the command's processes), :mod:`npfl_course.sandbox.files` (the disk it takes, handing its
+files back, removing trees of any depth: :func:`remove_tree`); this module runs the command.
 """
 
+from npfl_course.sandbox.files import remove_tree
 from npfl_course.sandbox.limits import Limits, SandboxResult
 from npfl_course.sandbox.processes import memory_mib
 from npfl_course.sandbox.run import (
@@ -58,5 +68,5 @@ from npfl_course.sandbox.run import (
 
 __all__ = [
     "INSTALL_HINT", "NAMESPACE_HINT", "Limits", "SandboxResult", "isolation", "memory_mib",
-    "run_sandboxed", "sandbox_available", "unavailable_reason",
+    "remove_tree", "run_sandboxed", "sandbox_available", "unavailable_reason",
 ]  # fmt: skip

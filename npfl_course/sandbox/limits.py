@@ -38,6 +38,11 @@ class Limits:
             measured with the CUDA build of torch; docs/benchmarks.md).
         max_processes (int): Processes and threads the command may have at once.
         network (bool): Whether the command may use the host's network.
+        disk_mb (int): Disk space of the command, in MiB: the largest file it may write
+            (RLIMIT_FSIZE) and what the files in its workdir (and, without bubblewrap, its
+            private /tmp) may take together, deleted files it still holds open included
+            (watched). The default, 1024, leaves room for datasets and checkpoints; this
+            course's assignments write a few MiB.
     """
 
     notebook_seconds: float = 600.0
@@ -45,6 +50,7 @@ class Limits:
     memory_mb: int = 2048
     max_processes: int = 64
     network: bool = False
+    disk_mb: int = 1024
 
 
 @dataclass
@@ -59,11 +65,16 @@ class SandboxResult:
         stderr (str): Its standard error, likewise.
         timed_out (bool): It ran past ``limits.notebook_seconds`` and was killed.
         memory_exceeded (bool): An allocation failed or it died of SIGSEGV/SIGBUS.
+        disk_exceeded (bool): Its files took more than ``limits.disk_mb`` (or could not be
+            measured: too many, nested too deep, unreadable) and it was killed; ``reason``
+            says which.
         process_limit_hit (bool): A fork or thread failed for lack of processes (best effort).
         sandboxed (bool): Whether bwrap isolated it (False in the fallback).
         duration (float): Wall-clock seconds.
         peak_memory_mb (float): The most anonymous memory its processes used together,
             as sampled by the memory watchdog (MiB; 0 when it ended before the first look).
+        peak_disk_mb (float): The most disk its files took, as sampled by the disk watchdog
+            (MiB).
         reason (str | None): Readable reason for feedback, None when it exited with 0.
     """
 
@@ -77,6 +88,8 @@ class SandboxResult:
     duration: float = 0.0
     reason: str | None = None
     peak_memory_mb: float = 0.0
+    disk_exceeded: bool = False
+    peak_disk_mb: float = 0.0
 
 
 def _signal_name(number: int) -> str:

@@ -12,12 +12,14 @@ import contextlib
 import fcntl
 import os
 import signal
+import stat
 import tempfile
 import time
 
 UID_BASE = 1_500_000_000  # unprivileged uids used when we are root: UID_BASE + slot
 UID_SLOTS = 4096
 MEMORY_POLL_SECONDS = 0.1
+MAX_DESCRIPTORS = 100_000  # open files of all its processes the disk watchdog looks at
 
 # Runs first inside the sandbox (or as the fallback's child): drops to the unprivileged
 # uid, sets the limits, execs the command. Python rather than setpriv/prlimit so it works
@@ -174,18 +176,41 @@ def kill_all(pid: int, uid: int, bwrap: bool) -> int:
     return found
 
 
-def chown_tree(root: str, uid: int, gid: int, only_uid: int | None = None) -> None:
-    # lchown never follows the symlinks a submission may plant; a hard-linked file is
-    # skipped, since its other names may lie outside the workdir.
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in [dirpath, *(os.path.join(dirpath, n) for n in dirnames + filenames)]:
-            with contextlib.suppress(OSError):
-                st = os.lstat(name)
-                if only_uid is not None and st.st_uid != only_uid:
+def deleted_file_bytes(
+    pid: int, uid: int, devices: set[int], max_descriptors: int = MAX_DESCRIPTORS
+) -> tuple[int, str | None]:
+    """Disk held by files that the command's processes keep open after deleting them.
+
+    Such a file takes space until it is closed, but no walk of a folder finds it: counted are
+    the regular files on ``devices`` (``st_dev``) behind the processes' descriptors whose
+    link ends in `` (deleted)``, each once, at ``st_blocks * 512`` bytes.
+
+    Returns:
+        tuple[int, str | None]: The bytes, and None, or why the count stopped early (more
+        than ``max_descriptors`` descriptors in all); then only those seen so far count.
+    """
+    total, seen, looked = 0, set(), 0
+    for member in _members(pid, uid):
+        folder = f"/proc/{member}/fd"
+        try:
+            descriptors = os.listdir(folder)
+        except OSError:
+            continue
+        looked += len(descriptors)
+        if looked > max_descriptors:
+            return total, f"more than {max_descriptors} open files"
+        for fd in descriptors:
+            try:
+                if not os.readlink(f"{folder}/{fd}").endswith(" (deleted)"):
                     continue
-                if only_uid is None and st.st_nlink > 1 and not os.path.isdir(name):
-                    continue
-                os.lchown(name, uid, gid)
+                info = os.stat(f"{folder}/{fd}")
+            except OSError:
+                continue
+            key = (info.st_dev, info.st_ino)
+            if info.st_dev in devices and stat.S_ISREG(info.st_mode) and key not in seen:
+                seen.add(key)
+                total += info.st_blocks * 512
+    return total, None
 
 
 def reachable_by_others(path: str) -> bool:

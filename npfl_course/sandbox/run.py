@@ -18,11 +18,18 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 
 from npfl_course.sandbox.bwrap import bwrap_argv, python_paths
+from npfl_course.sandbox.files import (
+    DISK_POLL_SECONDS,
+    chown_tree,
+    disk_usage,
+    owned_entries,
+    remove_tree,
+)
 from npfl_course.sandbox.limits import Limits, SandboxResult, read_result
 from npfl_course.sandbox.processes import (
     LAUNCHER,
     MEMORY_POLL_SECONDS,
-    chown_tree,
+    deleted_file_bytes,
     is_root,
     kill_all,
     memory_mib,
@@ -33,7 +40,6 @@ from npfl_course.sandbox.processes import (
 )
 
 MAX_OUTPUT_BYTES = 1 << 20  # per stream: the first and the last half MiB are kept
-FILE_SIZE_MB = 1024  # largest file the command may write
 INSTALL_HINT = (
     "install bubblewrap (Debian/Ubuntu: `apt-get install bubblewrap`, Fedora: "
     "`dnf install bubblewrap`) to isolate them"
@@ -248,7 +254,7 @@ def run_sandboxed(
     for path in readonly:
         if not os.path.exists(path):
             raise ValueError(f"readonly paths must exist, got {path!r}")
-    for name in ("notebook_seconds", "cell_seconds", "memory_mb", "max_processes"):
+    for name in ("notebook_seconds", "cell_seconds", "memory_mb", "max_processes", "disk_mb"):
         if not getattr(limits, name) > 0:
             raise ValueError(f"limits.{name} must be positive, got {getattr(limits, name)!r}")
     if sandbox_available():
@@ -265,7 +271,8 @@ def _run(argv, workdir, readonly, limits, env, bwrap) -> SandboxResult:
     with private_uid() as uid, contextlib.ExitStack() as cleanup:
         owner = os.stat(workdir)
         if bwrap is None:
-            tmp = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="npfl-sandbox-"))
+            tmp = tempfile.mkdtemp(prefix="npfl-sandbox-")
+            cleanup.callback(_remove, tmp)  # after the chown below: callbacks run last first
         else:
             tmp = "/tmp"
         full_env = _environment(workdir, tmp, env)
@@ -280,7 +287,7 @@ def _run(argv, workdir, readonly, limits, env, bwrap) -> SandboxResult:
             # sandboxes share it too): leave room for that and our reader and timer threads.
             nproc = -1 if is_root() else limits.max_processes + user_task_count() + 3
         launcher = [sys.executable, "-I", "-S", "-c", LAUNCHER, str(uid), str(nproc)]
-        launcher += [str(limits.memory_mb << 20), str(FILE_SIZE_MB << 20), command, *argv[1:]]
+        launcher += [str(limits.memory_mb << 20), str(limits.disk_mb << 20), command, *argv[1:]]
         if uid >= 0:
             chown_tree(workdir, uid, uid)
             cleanup.callback(chown_tree, workdir, owner.st_uid, owner.st_gid, uid)
@@ -305,26 +312,58 @@ def _run(argv, workdir, readonly, limits, env, bwrap) -> SandboxResult:
         for reader in readers:
             reader.start()
         counts = []  # processes found when killing: how close it came to the limit
-        expired, over_memory, finished = threading.Event(), threading.Event(), threading.Event()
-        peak = [0.0]
+        expired, finished = threading.Event(), threading.Event()
+        stopped: list[tuple[str, str]] = []  # (limit, reason) of the watchdogs that killed it
+        peak = {"memory": 0.0, "disk": 0.0}
 
         def expire():
             expired.set()
             counts.append(kill_all(proc.pid, uid, bwrap is not None))
 
+        def stop(limit: str, reason: str) -> None:
+            stopped.append((limit, reason))
+            counts.append(kill_all(proc.pid, uid, bwrap is not None))
+
         def watch_memory():
             while not finished.wait(MEMORY_POLL_SECONDS):
                 used = memory_mib(proc.pid, uid)
-                peak[0] = max(peak[0], used)
+                peak["memory"] = max(peak["memory"], used)
                 if used > limits.memory_mb:
-                    over_memory.set()
-                    counts.append(kill_all(proc.pid, uid, bwrap is not None))
-                    return
+                    return stop("memory", f"memory limit exceeded ({limits.memory_mb} MB for "
+                                          "all its processes together)")  # fmt: skip
+
+        # In bwrap's sandbox /tmp and /dev/shm are tmpfs of a fixed size (memory, not disk).
+        # Without it the sandbox uid may also write to the host's shared folders (/tmp...):
+        # what it put there counts, and goes at the end.
+        folders = [workdir] if bwrap is not None else [workdir, tmp]
+        devices = {os.stat(folder).st_dev for folder in folders}
+        strays = bwrap is None and uid >= 0
+        if strays:
+            cleanup.callback(_remove_owned, uid)
+
+        def watch_disk():
+            pause = DISK_POLL_SECONDS
+            while not finished.wait(pause):
+                began = time.monotonic()
+                used, problem = disk_usage(folders + (owned_entries(uid) if strays else []))
+                if problem is None:
+                    held, problem = deleted_file_bytes(proc.pid, uid, devices)
+                    used += held
+                peak["disk"] = max(peak["disk"], used / 2**20)
+                if problem is not None:
+                    return stop("disk", f"disk limit exceeded ({problem} in the work folder)")
+                if used > limits.disk_mb << 20:
+                    return stop("disk", f"disk limit exceeded ({limits.disk_mb} MB in the "
+                                        "work folder)")  # fmt: skip
+                # A large tree takes long to walk: look less often, at most a fifth of the time.
+                pause = max(DISK_POLL_SECONDS, 4 * (time.monotonic() - began))
 
         timer = threading.Timer(limits.notebook_seconds, expire)
-        watchdog = threading.Thread(target=watch_memory, daemon=True)
+        watchdogs = [threading.Thread(target=watch, daemon=True)
+                     for watch in (watch_memory, watch_disk)]  # fmt: skip
         timer.start()
-        watchdog.start()
+        for watchdog in watchdogs:
+            watchdog.start()
         try:
             # Block without reaping (no polling delay); while unreaped, proc.pid cannot be
             # reused, so the timer and the cleanup below never signal a stranger.
@@ -333,7 +372,8 @@ def _run(argv, workdir, readonly, limits, env, bwrap) -> SandboxResult:
             timer.cancel()
             finished.set()
             timer.join()
-            watchdog.join()
+            for watchdog in watchdogs:
+                watchdog.join()
             counts.append(kill_all(proc.pid, uid, bwrap is not None))  # what it left behind
         returncode = proc.wait()
         duration = time.monotonic() - start
@@ -347,10 +387,23 @@ def _run(argv, workdir, readonly, limits, env, bwrap) -> SandboxResult:
         returncode = 128 - returncode  # bwrap turns death by signal N into 128 + N
     timed_out, left = expired.is_set(), max(counts)
     result = read_result(returncode, stdout, stderr, timed_out, limits, bwrap, duration, left)
-    result.peak_memory_mb = peak[0]
-    if over_memory.is_set() and not timed_out:
-        result.memory_exceeded = True
-        result.reason = (
-            f"memory limit exceeded ({limits.memory_mb} MB for all its processes together)"
-        )
+    result.peak_memory_mb, result.peak_disk_mb = peak["memory"], peak["disk"]
+    if stopped and not timed_out:
+        limit, result.reason = stopped[0]  # the first watchdog that fired
+        result.memory_exceeded = limit == "memory"
+        result.disk_exceeded = limit == "disk"
     return result
+
+
+def _remove_owned(uid: int) -> None:
+    """Removes what the sandbox uid left in the host's shared folders (no bubblewrap)."""
+    for path in owned_entries(uid):
+        _remove(path)
+
+
+def _remove(folder: str) -> None:
+    """Removes a folder the command wrote; warns, rather than fails, when something stays."""
+    try:
+        remove_tree(folder)
+    except OSError as exc:
+        warnings.warn(f"npfl_course.sandbox: {exc}", RuntimeWarning, stacklevel=2)

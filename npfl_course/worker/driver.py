@@ -13,8 +13,11 @@ JupyterLab and in stock nbgrader. Besides, and unlike nbgrader:
 * a cell that ignores the interrupt for ``iopub_timeout`` seconds, or kills its kernel
   (``os._exit``, a crash), fails with the reason, and the cells after it are not run
   (nbgrader would abandon the whole submission);
-* the outputs of a cell are bounded (:data:`MAX_STREAM_CHARS`, :data:`MAX_RICH_CHARS`,
-  :data:`MAX_OUTPUTS`); what is dropped is noted on stdout;
+* the outputs are bounded, per cell (``MAX_STREAM_CHARS``, ``MAX_RICH_CHARS``,
+  ``MAX_OUTPUTS``, ``MAX_ERROR_CHARS`` per error) and in the whole notebook
+  (``MAX_NOTEBOOK_OUTPUTS``, ``MAX_NOTEBOOK_CHARS``, ``MAX_NOTEBOOK_VALUES``;
+  :mod:`npfl_course.worker.protocol`), updates of a display included; what is dropped is
+  noted on stdout;
 * the kernel's Jupyter and IPython configuration comes from nowhere the submission can
   write (its folder is the kernel's home).
 """
@@ -51,17 +54,27 @@ from nbformat.v4.rwbase import rejoin_lines  # noqa: E402
 from npfl_course.worker.protocol import (  # noqa: E402
     EXIT_INTERNAL,
     MATPLOTLIB_CACHE,
+    MAX_ERROR_CHARS,
+    MAX_NOTEBOOK_CHARS,
+    MAX_NOTEBOOK_OUTPUTS,
+    MAX_NOTEBOOK_VALUES,
+    MAX_OUTPUTS,
+    MAX_RICH_CHARS,
+    MAX_STREAM_CHARS,
     META_KEY,
+    WORKER_NOTE_CHARS,
     bound_names,
     is_trusted,
+    json_values,
+    rich_chars,
 )
 
-MAX_STREAM_CHARS = 100_000  # per cell, stdout and stderr together
-MAX_RICH_CHARS = 2_000_000  # per cell, display data and results
-MAX_OUTPUTS = 2_000  # per cell
+# Per cell, by kind of output; errors from the kernel: room for two (one is usual).
+CELL_CHARS = {"stream": MAX_STREAM_CHARS, "rich": MAX_RICH_CHARS, "error": 2 * MAX_ERROR_CHARS}
 GUARD_SECONDS = 10  # the check takes milliseconds; no answer means the kernel is broken
 GUARD = "__import__('npfl_course.worker.guard', fromlist=['guard'])"
 _MEMORY_WORDS = ("MemoryError", "can't allocate memory", "out of memory", "Cannot allocate memory")
+_DISK_WORDS = ("File too large", "EFBIG")
 
 
 class WorkerError(RuntimeError):
@@ -69,15 +82,44 @@ class WorkerError(RuntimeError):
 
 
 def _error(ename: str, evalue: str, traceback: list[str] | None = None) -> NotebookNode:
+    ename, evalue, traceback = _bounded_error(ename, evalue, traceback or [f"{ename}: {evalue}"])
     return from_dict({"output_type": "error", "ename": ename, "evalue": evalue,
-                      "traceback": traceback or [f"{ename}: {evalue}"]})  # fmt: skip
+                      "traceback": traceback})  # fmt: skip
+
+
+def _bounded_error(ename, evalue, traceback) -> tuple[str, str, list[str]]:
+    """An error's fields cut to MAX_ERROR_CHARS together, less room for the worker's remarks
+    (a limit appended to the message); the traceback keeps its first lines."""
+    ename, evalue = str(ename)[:200], str(evalue)[: MAX_ERROR_CHARS // 4]
+    left = MAX_ERROR_CHARS - WORKER_NOTE_CHARS - len(ename) - len(evalue)
+    kept = []
+    for line in traceback if isinstance(traceback, list) else []:
+        line = str(line)
+        if len(line) > left:
+            kept.append(line[: max(left, 0)] + "\n... [traceback truncated]")
+            break
+        kept.append(line)
+        left -= len(line)
+    return ename, evalue, kept
+
+
+def _rich_size(content: dict) -> tuple[int, int]:
+    """``(chars, JSON values)`` of a display's or result's data and metadata; data that
+    cannot be serialized (nested too deeply) counts as too large."""
+    data, metadata = content.get("data") or {}, content.get("metadata") or {}
+    try:
+        values = sum(json_values(v if isinstance(v, str) else json.dumps(v))
+                     for v in [*data.values(), metadata])  # fmt: skip
+        return rich_chars(data, metadata), values
+    except (TypeError, ValueError, RecursionError):
+        return MAX_RICH_CHARS + 1, 0
 
 
 class GradingClient(NotebookClient):
     """nbclient's executor with nbgrader's ``Execute`` settings, a guard and bounds."""
 
     def __init__(self, nb: NotebookNode, out: str, cell_seconds: float, memory_mb: int | None,
-                 **kwargs: Any) -> None:  # fmt: skip
+                 disk_mb: int | None = None, **kwargs: Any) -> None:  # fmt: skip
         self.cell_seconds = cell_seconds
         timeout_error = {
             "ename": "CellTimeoutError",
@@ -107,11 +149,15 @@ class GradingClient(NotebookClient):
             resources={"metadata": {"path": os.getcwd()}},
             **kwargs,
         )
-        self.out, self.memory_mb = out, memory_mb
+        self.out, self.memory_mb, self.disk_mb = out, memory_mb, disk_mb
         self._interrupter: asyncio.Future | None = None
         self.cells_run = 0
         self.pid = os.getpid()
-        self._budget = {"stream": 0, "rich": 0, "count": 0}
+        # What the current cell and the notebook have kept; rich data per cell index, since
+        # an update of a display changes the cell that showed it.
+        self._cell = {"stream": 0, "error": 0, "count": 0}
+        self._rich: dict[int, int] = {}
+        self._notebook = {"outputs": 0, "chars": 0, "values": 0}
         self._dropped = {"stream": 0, "rich": 0}
 
     async def _async_handle_timeout(self, timeout, cell=None):  # type: ignore[override]
@@ -168,20 +214,62 @@ class GradingClient(NotebookClient):
     def output(self, outs, msg, display_id, cell_index):  # type: ignore[override]
         content = msg.get("content", {})
         if msg["msg_type"] == "stream":
-            size, kind = len(content.get("text", "")), "stream"
-            limit = MAX_STREAM_CHARS
+            kind, text = "stream", content.get("text", "")
+            size, values = len(text), json_values(text)
+        elif msg["msg_type"] == "error":
+            kind = "error"
+            fields = _bounded_error(content.get("ename", ""), content.get("evalue", ""),
+                                    content.get("traceback", []))  # fmt: skip
+            content.update(zip(("ename", "evalue", "traceback"), fields, strict=True))
+            text = "".join([fields[0], fields[1], *fields[2]])
+            size, values = len(text), json_values(text)
         else:
-            data = content.get("data", {})
-            size = sum(len(v) if isinstance(v, str) else len(json.dumps(v)) for v in data.values())
-            kind, limit = "rich", MAX_RICH_CHARS
-        if self._budget[kind] + size > limit or self._budget["count"] >= MAX_OUTPUTS:
+            kind = "rich"
+            size, values = _rich_size(content)
+        kept = self._rich.get(cell_index, 0) if kind == "rich" else self._cell[kind]
+        if (kept + size > CELL_CHARS[kind] or self._cell["count"] >= MAX_OUTPUTS
+                or not self._notebook_has_room(1, size, values)):  # fmt: skip
             self._dropped["stream" if kind == "stream" else "rich"] += (
                 size if kind == "stream" else 1
             )
             return None
-        self._budget[kind] += size
-        self._budget["count"] += 1
+        if kind == "rich":
+            self._rich[cell_index] = kept + size
+        else:
+            self._cell[kind] += size
+        self._cell["count"] += 1
+        self._notebook_take(1, size, values)
         return super().output(outs, msg, display_id, cell_index)
+
+    def _update_display_id(self, display_id: str, msg: dict) -> None:
+        """An update of a display (``display(..., display_id=...).update``), kept only where
+        the cells that show it stay within their bounds."""
+        shown = self._display_id_map.get(display_id, {})
+        size, values = _rich_size(msg.get("content", {}))
+        growth, updated = {}, 0
+        for cell_index, indices in shown.items():
+            outputs = self.nb.cells[cell_index].outputs
+            old = sum(_rich_size(outputs[i])[0] for i in indices if i < len(outputs))
+            growth[cell_index] = size * len(indices) - old
+            updated += len(indices)
+        fits = all(self._rich.get(c, 0) + g <= MAX_RICH_CHARS for c, g in growth.items())
+        if not (fits and self._notebook_has_room(0, sum(growth.values()), values * updated)):
+            self._dropped["rich"] += 1
+            return
+        for cell_index, more in growth.items():
+            self._rich[cell_index] = self._rich.get(cell_index, 0) + more
+        self._notebook_take(0, max(sum(growth.values()), 0), values * updated)
+        super()._update_display_id(display_id, msg)
+
+    def _notebook_has_room(self, outputs: int, chars: int, values: int) -> bool:
+        return (self._notebook["outputs"] + outputs <= MAX_NOTEBOOK_OUTPUTS
+                and self._notebook["chars"] + chars <= MAX_NOTEBOOK_CHARS
+                and self._notebook["values"] + values <= MAX_NOTEBOOK_VALUES)  # fmt: skip
+
+    def _notebook_take(self, outputs: int, chars: int, values: int) -> None:
+        self._notebook["outputs"] += outputs
+        self._notebook["chars"] += chars
+        self._notebook["values"] += values
 
     def _finish_outputs(self, cell: NotebookNode) -> None:
         notes = []
@@ -193,13 +281,18 @@ class GradingClient(NotebookClient):
             text = f"\n... [output truncated: {' and '.join(notes)} dropped] ...\n"
             cell.outputs.append(from_dict({"output_type": "stream", "name": "stdout",
                                            "text": text}))  # fmt: skip
-        if self.memory_mb:
-            for output in cell.outputs:
-                text = f"{output.get('ename', '')} {output.get('evalue', '')}"
-                if output.output_type == "error" and any(w in text for w in _MEMORY_WORDS):
-                    limit = f"memory limit exceeded ({self.memory_mb} MB)"
-                    output.evalue = f"{output.evalue}: {limit}" if output.evalue else limit
-        self._budget = {"stream": 0, "rich": 0, "count": 0}
+        for output in cell.outputs:
+            if output.output_type != "error":
+                continue
+            text = f"{output.get('ename', '')} {output.get('evalue', '')}"
+            limit = None
+            if self.memory_mb and any(w in text for w in _MEMORY_WORDS):
+                limit = f"memory limit exceeded ({self.memory_mb} MB)"
+            elif self.disk_mb and any(w in text for w in _DISK_WORDS):
+                limit = f"disk limit exceeded ({self.disk_mb} MB per file)"
+            if limit:
+                output.evalue = f"{output.evalue}: {limit}" if output.evalue else limit
+        self._cell = {"stream": 0, "error": 0, "count": 0}
         self._dropped = {"stream": 0, "rich": 0}
 
     # -- the run -----------------------------------------------------------------------
@@ -451,6 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("output", help="where the executed notebook goes")
     parser.add_argument("--cell-timeout", type=float, default=120.0, help="seconds per cell")
     parser.add_argument("--memory-mb", type=int, default=None, help="for error messages")
+    parser.add_argument("--disk-mb", type=int, default=None, help="for error messages")
     args = parser.parse_args(argv)
     if not args.cell_timeout > 0:
         parser.error(f"--cell-timeout must be positive, got {args.cell_timeout}")
@@ -461,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
     notebook = rejoin_lines(from_dict(data))  # sources as strings, as nbformat.read gives
     with contextlib.suppress(Exception):  # Linux: orphans of the cells become our children
         ctypes.CDLL(None).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
-    client = GradingClient(notebook, args.output, args.cell_timeout, args.memory_mb)
+    client = GradingClient(notebook, args.output, args.cell_timeout, args.memory_mb, args.disk_mb)
     try:
         asyncio.run(client.grade(_kernel_environment()))
     except BaseException as exc:  # noqa: BLE001 - keep what ran; the parent reports the rest

@@ -14,12 +14,18 @@ limit). OUT is rewritten after every cell, so what ran before a crash is kept. T
 exits with :data:`EXIT_INTERNAL` when it, not the notebook, failed (the kernel did not
 start, the guard could not be installed): the parent reports an infrastructure failure,
 never a score.
+
+The worker keeps the outputs in OUT within the bounds below (``MAX_*``), dropping what is
+beyond with a note. The submission can write OUT itself, so the parent holds OUT to the
+same bounds (:mod:`npfl_course.autograde.merge`): a cell whose outputs exceed them fails.
 """
 
 from __future__ import annotations
 
 import ast
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,6 +38,37 @@ EXIT_INTERNAL = 4  # the worker itself failed; OUT holds what ran before
 # in every notebook spends a second building it and logs "generated new fontManager".
 MATPLOTLIB_CACHE = ".npfl-matplotlib"
 
+MAX_OUTPUTS = 2_000  # per cell: outputs kept from the kernel
+MAX_STREAM_CHARS = 100_000  # per cell: printed text, stdout and stderr together
+MAX_RICH_CHARS = 2_000_000  # per cell: displayed data and results with their metadata
+MAX_ERROR_CHARS = 20_000  # per error output: its name, message and traceback together
+MAX_NOTEBOOK_OUTPUTS = 20_000  # in all cells together: outputs kept from the kernel
+MAX_NOTEBOOK_CHARS = 8_000_000  # in all cells together: text, data and errors
+# In all cells together: the characters "," "{" "[" in the outputs' text and data, which
+# bound the JSON values the parent has to parse (see merge.MAX_EXECUTED_VALUES).
+MAX_NOTEBOOK_VALUES = 500_000
+# Per cell, besides MAX_OUTPUTS: what the worker adds itself (the truncation note, the
+# error of a timeout, a dead kernel or a tampering) and the size of that note.
+WORKER_OUTPUTS = 8
+WORKER_NOTE_CHARS = 1_000
+
+
+def is_json_mimetype(mimetype: str) -> bool:
+    """Whether nbformat keeps a mimetype's data as any JSON value (else it is text)."""
+    return re.fullmatch(r"application/(.*\+)?json", mimetype) is not None
+
+
+def rich_chars(data: dict, metadata: dict | None) -> int:
+    """The size of a display or result, as MAX_RICH_CHARS counts it: the text of its data
+    (JSON data as serialized) and its serialized metadata."""
+    size = sum(len(v) if isinstance(v, str) else len(json.dumps(v)) for v in data.values())
+    return size + (len(json.dumps(metadata)) if metadata else 0)
+
+
+def json_values(text: str) -> int:
+    """The characters of ``text`` that MAX_NOTEBOOK_VALUES counts: "," "{" and "["."""
+    return text.count(",") + text.count("{") + text.count("[")
+
 
 def is_trusted(cell: dict) -> bool:
     """A cell whose source is the instructor's (nbgrader restored locked cells)."""
@@ -39,10 +76,13 @@ def is_trusted(cell: dict) -> bool:
     return bool(meta.get("locked") or meta.get("grade")) and not meta.get("solution")
 
 
-def worker_command(notebook: str, out: str, cell_seconds: float, memory_mb: int) -> list[str]:
-    """The worker's command line (run with the scratch folder as current directory)."""
-    return [sys.executable, "-I", "-m", "npfl_course.worker", notebook, out,
-            "--cell-timeout", f"{cell_seconds:g}", "--memory-mb", str(memory_mb)]  # fmt: skip
+def worker_command(notebook: str, out: str, cell_seconds: float, memory_mb: int,
+                   disk_mb: int | None = None) -> list[str]:  # fmt: skip
+    """The worker's command line (run with the scratch folder as current directory); the
+    limits in MiB only word its error messages."""
+    command = [sys.executable, "-I", "-m", "npfl_course.worker", notebook, out,
+               "--cell-timeout", f"{cell_seconds:g}", "--memory-mb", str(memory_mb)]  # fmt: skip
+    return command + (["--disk-mb", str(disk_mb)] if disk_mb is not None else [])
 
 
 def build_matplotlib_cache(directory: str | os.PathLike) -> Path | None:
