@@ -69,7 +69,11 @@ class NpflFeedback(LoggingConfigurable):
 # Hidden tests
 # ----------------------------------------------------------------------------------
 
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+# CSI sequences (colours), OSC sequences (window titles, links), then any other control
+# character but newline and tab.
+_ANSI = re.compile(
+    r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|[\x00-\x08\x0b-\x1f\x7f-\x9f]"
+)
 # IPython quotes a source line as "----> 4 code" or "      3 code".
 _LINE_NUMBER = re.compile(r"^(?:-*>\s*)?\d+\s")
 HIDDEN_PLACEHOLDER = "# (the code of this test is not shown)"
@@ -77,7 +81,8 @@ REDACTED_LINE = "[a line of a hidden test]"
 
 
 def strip_ansi(text: str) -> str:
-    """``text`` without terminal colour codes (IPython colours its tracebacks)."""
+    """``text`` without terminal codes (IPython colours its tracebacks; a student's message
+    may set the window title) and other control characters but newline and tab."""
     return _ANSI.sub("", text)
 
 

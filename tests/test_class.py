@@ -18,6 +18,7 @@ import os
 import re
 import stat
 import zipfile
+from html.parser import HTMLParser
 from pathlib import Path
 
 import nbformat
@@ -52,7 +53,8 @@ ANSWERS = {  # kind -> (replaced solution cells, score out of 4)
         3.0,
     ),
 }
-OUTPUTS = {"submitted", "autograded", "feedback", "gradebook.db", "grades.csv", "reports"}
+OUTPUTS = {"submitted", "autograded", "feedback", "gradebook.db", "grades.csv", "reports",
+           ".npfl-preflight.json"}  # fmt: skip
 
 
 def _tree(directory: Path) -> dict[str, str]:
@@ -73,6 +75,31 @@ def _tree(directory: Path) -> dict[str, str]:
             else:
                 result[str(relative / name)] = "dir"
     return result
+
+
+class _ActiveContent(HTMLParser):
+    """Finds the student's payload where a browser would run it: in a script element or
+    an event-handler attribute (as escaped text in a code listing it is harmless)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found, self.in_script = [], False
+
+    def handle_starttag(self, tag, attrs):
+        self.in_script = tag == "script"
+        for name, value in attrs:
+            if name.startswith("on") and "__npfl_xss" in (value or ""):
+                self.found.append(f"<{tag} {name}=...>")
+
+    def handle_data(self, data):
+        if self.in_script and "__npfl_xss" in data:
+            self.found.append("<script> with the payload")
+
+
+def _active_payload(html: str) -> list[str]:
+    parser = _ActiveContent()
+    parser.feed(html)
+    return parser.found
 
 
 def _zip(path: Path, entries: dict[str, bytes], mode: int = 0o644) -> None:
@@ -114,8 +141,8 @@ def graded(tmp_path_factory):
             (downloads / f"{student}_folder" / "my work.ipynb").write_bytes(notebook(kind))
     expected["escaper"] = ANSWERS["escapes"][1]
     (downloads / "escaper.ipynb").write_bytes(notebook("escapes"))
-    expected["honest_victim"] = 4.0
-    (downloads / "honest_victim.ipynb").write_bytes(notebook("full"))
+    expected["victim"] = 4.0
+    (downloads / "victim.ipynb").write_bytes(notebook("full"))
 
     _zip(downloads / "slip.zip", {"../../../escaped.ipynb": notebook("full")})
     _zip(downloads / "absolute.zip", {"/tmp/npfl-absolute.ipynb": notebook("full")})
@@ -137,7 +164,7 @@ def graded(tmp_path_factory):
     Path(os.fsdecode(os.fsencode(downloads) + b"/Nov\xe1k_1/tiny.ipynb")).write_bytes(
         notebook("full")
     )
-    (downloads / "[h]onest_victim.ipynb").write_bytes(notebook("full"))
+    (downloads / "[v]ictim.ipynb").write_bytes(notebook("full"))
     (downloads / "=HYPERLINK(0)_x.ipynb").write_bytes(notebook("full"))
     _zip(downloads / "twice.zip", {"a.ipynb": notebook("full"), "b.ipynb": notebook("full")})
     expected["setuid"] = 4.0  # collected, without the setuid bit
@@ -197,7 +224,7 @@ def test_feedback_has_no_hidden_tests_and_no_student_scripts(graded):
         html = page.read_text(encoding="utf-8")
         for line in hidden:
             assert line not in html, (page, line)
-        assert "__npfl_xss" not in html, page
+        assert not _active_payload(html), page
         assert "\x1b" not in html, page
 
 
