@@ -51,7 +51,8 @@ def graph_blocker(optimizer, scheduler) -> str | None:
                 "state (such as a step counter) that a graph would freeze"
             )
         if not group["capturable"] and not _is_torch_optimizer(optimizer):
-            return f"{name} was created with capturable=False"
+            # npfl_lib's optimizers always have capturable=False: their step count is an int.
+            return f"{name} has capturable=False, so its step cannot be captured"
     if scheduler is not None and not all(_on_gpu(g["lr"]) for g in optimizer.param_groups):
         return (
             "a learning-rate scheduler changes a Python float (or CPU tensor) lr, whose value "

@@ -4,6 +4,8 @@ A layer's weights must start small and random: random so that hidden units diffe
 (identical units receive identical gradients and stay identical), and scaled to the
 layer's size so that activations and gradients neither explode nor vanish with depth.
 
+* ``uniform_``, ``normal_``, ``constant_``, ``ones_``, ``zeros_``: the building blocks,
+  e.g. ``uniform_(w, -1 / math.sqrt(n), 1 / math.sqrt(n))`` and ``zeros_(bias)``.
 * ``uniform_fan_in_``: the ``torch.nn.Linear`` default, U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 * ``xavier_*`` (Glorot & Bengio, 2010): variance ``gain**2 * 2 / (fan_in + fan_out)``,
   keeping the variance of activations *and* gradients roughly constant.
@@ -20,19 +22,25 @@ on the generator's device and copied to the tensor's device.
 from __future__ import annotations
 
 import math
+import numbers
+import warnings
 
 import torch
 
-from ._checks import check_float_tensor, check_nonnegative
+from ._checks import check_float_tensor, check_in_range, check_nonnegative
 
 __all__ = [
     "calculate_gain",
+    "uniform_",
+    "normal_",
+    "constant_",
+    "ones_",
+    "zeros_",
     "uniform_fan_in_",
     "xavier_uniform_",
     "xavier_normal_",
     "kaiming_uniform_",
     "kaiming_normal_",
-    "zeros_",
 ]
 
 _LINEAR = (
@@ -126,24 +134,132 @@ def _on_generator_device(tensor: torch.Tensor, generator: torch.Generator | None
     return generator is None or generator.device == tensor.device
 
 
+def _check_generator(generator: torch.Generator | None) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator or None, got {type(generator).__name__}"
+        )
+
+
+def _check_finite(name: str, value: float) -> None:
+    check_in_range(name, value, -math.inf, math.inf, low_inclusive=False, high_inclusive=False)
+
+
 def _uniform_(
-    tensor: torch.Tensor, bound: float, generator: torch.Generator | None
+    tensor: torch.Tensor, low: float, high: float, generator: torch.Generator | None
 ) -> torch.Tensor:
-    """Fills ``tensor`` with U(-bound, bound), drawn on the generator's device."""
+    """Fills ``tensor`` with U(low, high), drawn on the generator's device."""
+    _check_generator(generator)
     with torch.no_grad():
         if _on_generator_device(tensor, generator):
-            return tensor.uniform_(-bound, bound, generator=generator)
+            return tensor.uniform_(low, high, generator=generator)
         sample = torch.empty(tensor.shape, dtype=tensor.dtype, device=generator.device)
-        return tensor.copy_(sample.uniform_(-bound, bound, generator=generator))
+        return tensor.copy_(sample.uniform_(low, high, generator=generator))
 
 
-def _normal_(tensor: torch.Tensor, std: float, generator: torch.Generator | None) -> torch.Tensor:
-    """Fills ``tensor`` with N(0, std**2), drawn on the generator's device."""
+def _normal_(
+    tensor: torch.Tensor, mean: float, std: float, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Fills ``tensor`` with N(mean, std**2), drawn on the generator's device."""
+    _check_generator(generator)
     with torch.no_grad():
         if _on_generator_device(tensor, generator):
-            return tensor.normal_(0.0, std, generator=generator)
+            return tensor.normal_(mean, std, generator=generator)
         sample = torch.empty(tensor.shape, dtype=tensor.dtype, device=generator.device)
-        return tensor.copy_(sample.normal_(0.0, std, generator=generator))
+        return tensor.copy_(sample.normal_(mean, std, generator=generator))
+
+
+def uniform_(
+    tensor: torch.Tensor,
+    a: float = 0.0,
+    b: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Fills ``tensor`` with values drawn from U(a, b) in place, as ``torch.nn.init.uniform_``.
+
+    The lecture's U(-1/sqrt(n), 1/sqrt(n)) is ``uniform_(w, -1 / math.sqrt(n),
+    1 / math.sqrt(n))``; :func:`uniform_fan_in_` computes ``n`` from the weight's shape.
+
+    Args:
+        tensor (torch.Tensor): Any floating-point tensor (any shape, zero elements too).
+        a (float): Lower bound, finite.
+        b (float): Upper bound, finite, ``>= a`` (``a == b`` fills the constant ``a``).
+        generator (torch.Generator | None): Source of randomness (default: torch's
+            global one); a CPU generator works for a tensor on any device.
+
+    Returns:
+        torch.Tensor: ``tensor`` itself.
+
+    Raises:
+        TypeError: A non-float tensor, a bound that is not a number or a bad generator.
+        ValueError: A bound that is not finite, or ``a > b``.
+    """
+    check_float_tensor("tensor", tensor)
+    _check_finite("a", a)
+    _check_finite("b", b)
+    if a > b:
+        raise ValueError(f"uniform_ needs a <= b (the interval [a, b)), got a={a}, b={b}")
+    return _uniform_(tensor, a, b, generator)
+
+
+def normal_(
+    tensor: torch.Tensor,
+    mean: float = 0.0,
+    std: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Fills ``tensor`` with N(mean, std**2) values in place, as ``torch.nn.init.normal_``.
+
+    Args:
+        tensor (torch.Tensor): Any floating-point tensor (any shape, zero elements too).
+        mean (float): The mean, finite.
+        std (float): The standard deviation (not the variance), finite and ``>= 0``.
+        generator (torch.Generator | None): Source of randomness (default: torch's
+            global one); a CPU generator works for a tensor on any device.
+
+    Returns:
+        torch.Tensor: ``tensor`` itself.
+
+    Raises:
+        TypeError: A non-float tensor, ``mean``/``std`` not a number or a bad generator.
+        ValueError: ``mean`` or ``std`` not finite, or ``std < 0``.
+    """
+    check_float_tensor("tensor", tensor)
+    _check_finite("mean", mean)
+    check_in_range("std", std, 0.0, math.inf, high_inclusive=False)
+    return _normal_(tensor, mean, std, generator)
+
+
+def constant_(tensor: torch.Tensor, val: float) -> torch.Tensor:
+    """Fills ``tensor`` with ``val`` in place, as ``torch.nn.init.constant_``.
+
+    Args:
+        tensor (torch.Tensor): Any floating-point tensor.
+        val (float): The value (a real number; ``True``/``False`` are refused).
+
+    Returns:
+        torch.Tensor: ``tensor`` itself.
+
+    Raises:
+        TypeError: A non-float tensor or a ``val`` that is not a real number.
+    """
+    check_float_tensor("tensor", tensor)
+    if isinstance(val, bool) or not isinstance(val, numbers.Real):
+        raise TypeError(f"val must be a real number, got {val!r}")
+    with torch.no_grad():
+        return tensor.fill_(val)
+
+
+def ones_(tensor: torch.Tensor) -> torch.Tensor:
+    """Fills ``tensor`` with ones in place, as ``torch.nn.init.ones_``.
+
+    Args:
+        tensor (torch.Tensor): Any floating-point tensor.
+
+    Returns:
+        torch.Tensor: ``tensor`` itself.
+    """
+    return constant_(tensor, 1.0)
 
 
 def uniform_fan_in_(tensor: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -167,7 +283,8 @@ def uniform_fan_in_(tensor: torch.Tensor, generator: torch.Generator | None = No
     fan_in, _ = _calculate_fan_in_and_fan_out(tensor)
     if tensor.numel() == 0:
         return tensor
-    return _uniform_(tensor, 1.0 / math.sqrt(fan_in), generator)
+    bound = 1.0 / math.sqrt(fan_in)
+    return _uniform_(tensor, -bound, bound, generator)
 
 
 def xavier_uniform_(
@@ -194,7 +311,8 @@ def xavier_uniform_(
     if tensor.numel() == 0:
         return tensor
     std = gain * math.sqrt(2.0 / float(fan_in + fan_out))
-    return _uniform_(tensor, math.sqrt(3.0) * std, generator)
+    bound = math.sqrt(3.0) * std
+    return _uniform_(tensor, -bound, bound, generator)
 
 
 def xavier_normal_(
@@ -220,7 +338,7 @@ def xavier_normal_(
     if tensor.numel() == 0:
         return tensor
     std = gain * math.sqrt(2.0 / float(fan_in + fan_out))
-    return _normal_(tensor, std, generator)
+    return _normal_(tensor, 0.0, std, generator)
 
 
 def _kaiming_gain(a: float, nonlinearity: str) -> float:
@@ -243,7 +361,7 @@ def kaiming_uniform_(
 
     Args:
         tensor (torch.Tensor): A floating-point ``[out_features, in_features, ...]``
-            weight; a zero-element tensor is left as is.
+            weight; a zero-element tensor is left as is, with torch's warning.
         a (float): Negative slope of the leaky ReLU after this layer (only used when
             ``nonlinearity="leaky_relu"``; the default 0 makes it a plain ReLU).
         mode (str): ``"fan_in"`` keeps the variance of activations in the forward pass,
@@ -259,9 +377,11 @@ def kaiming_uniform_(
     fan = _calculate_correct_fan(tensor, mode)
     gain = _kaiming_gain(a, nonlinearity)
     if tensor.numel() == 0:
+        warnings.warn("Initializing zero-element tensors is a no-op", stacklevel=2)  # as torch
         return tensor
     std = gain / math.sqrt(fan)
-    return _uniform_(tensor, math.sqrt(3.0) * std, generator)
+    bound = math.sqrt(3.0) * std
+    return _uniform_(tensor, -bound, bound, generator)
 
 
 def kaiming_normal_(
@@ -277,7 +397,7 @@ def kaiming_normal_(
 
     Args:
         tensor (torch.Tensor): A floating-point ``[out_features, in_features, ...]``
-            weight; a zero-element tensor is left as is.
+            weight; a zero-element tensor is left as is, with torch's warning.
         a (float): Negative slope of the leaky ReLU after this layer (only used when
             ``nonlinearity="leaky_relu"``; the default 0 makes it a plain ReLU).
         mode (str): ``"fan_in"`` keeps the variance of activations in the forward pass,
@@ -293,9 +413,10 @@ def kaiming_normal_(
     fan = _calculate_correct_fan(tensor, mode)
     gain = _kaiming_gain(a, nonlinearity)
     if tensor.numel() == 0:
+        warnings.warn("Initializing zero-element tensors is a no-op", stacklevel=2)  # as torch
         return tensor
     std = gain / math.sqrt(fan)
-    return _normal_(tensor, std, generator)
+    return _normal_(tensor, 0.0, std, generator)
 
 
 def zeros_(tensor: torch.Tensor) -> torch.Tensor:

@@ -222,6 +222,19 @@ def test_softmax_zero_dim_and_empty(name):
         assert ours(torch.empty(shape), dim=-1).shape == shape
 
 
+@pytest.mark.parametrize("name", SOFTMAXES)
+@pytest.mark.parametrize(("shape", "dim"), [((5, 0), -1), ((5, 0), 0), ((0, 3), 1), ((5, 0, 0), 0)])
+def test_softmax_of_empty_input_stays_in_the_graph(name, shape, dim, device):
+    """torch's result of an empty input has a grad_fn, so backward() works (an empty grad)."""
+    ours, theirs = SOFTMAXES[name]
+    for fn in (ours, theirs):
+        x = torch.empty(shape, dtype=torch.float64, device=device, requires_grad=True)
+        out = fn(x, dim=dim)
+        assert out.shape == shape and out.requires_grad
+        out.sum().backward()
+        assert x.grad.shape == shape
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     st.lists(st.floats(-1e4, 1e4, allow_nan=False), min_size=1, max_size=12),

@@ -115,16 +115,27 @@ def test_hypothesis_output_is_zero_or_scaled_input(p, seed):
 
 @pytest.mark.parametrize("p", [-0.1, 1.5, math.nan, math.inf])
 def test_rejects_p_outside_unit_interval(p):
-    with pytest.raises(ValueError, match=r"p must lie in \[0.0, 1.0\)"):
+    with pytest.raises(ValueError, match=r"p must lie in \[0.0, 1.0\]"):
         dropout(torch.ones(3), p)
     with pytest.raises(ValueError, match="p must lie in"):  # also in eval mode
         dropout(torch.ones(3), p, training=False)
 
 
 @pytest.mark.parametrize("p", [1, 1.0])
-def test_rejects_p_one_and_says_why(p):
-    with pytest.raises(ValueError, match=r"p must lie in \[0, 1\), got 1: .*drops all"):
-        dropout(torch.ones(3), p)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_p_one_drops_everything_as_torch(p, dtype, device):
+    """torch: p = 1 gives zeros in training (x * 0, so nan and inf give nan), x in eval."""
+    x = torch.tensor([1.5, -2.0, 0.0, math.inf, math.nan], dtype=dtype, device=device)
+    for training in (True, False):
+        ours_x, theirs_x = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        ours = dropout(ours_x, p, training=training)
+        theirs = torch.nn.functional.dropout(theirs_x, p, training=training)
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0, equal_nan=True)
+        ours.sum().backward()
+        theirs.sum().backward()
+        assert torch.equal(ours_x.grad, theirs_x.grad)
+    assert dropout(x, p, training=False) is x
+    assert dropout(x, p).tolist()[:3] == [0.0, 0.0, 0.0]
 
 
 @pytest.mark.parametrize("p", ["0.5", None, True])

@@ -215,6 +215,7 @@ def test_zeros_(device):
         init.zeros_(torch.ones(3, dtype=torch.int32))
 
 
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors is a no-op")
 @pytest.mark.parametrize("shape", [(0, 5), (5, 0), (0, 3, 2, 2)])
 def test_zero_element_tensors_are_a_no_op(shape):
     for fn in [
@@ -226,6 +227,107 @@ def test_zero_element_tensors_are_a_no_op(shape):
     ]:
         w = torch.empty(shape)
         assert fn(w) is w
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (5, 0), (0, 3, 2, 2)])
+@pytest.mark.parametrize("name", ["kaiming_uniform_", "kaiming_normal_"])
+def test_kaiming_warns_on_zero_element_tensors_as_torch(name, shape):
+    for module in (torch.nn.init, init):
+        with pytest.warns(UserWarning, match="Initializing zero-element tensors is a no-op"):
+            getattr(module, name)(torch.empty(shape))
+
+
+# --- uniform_, normal_, constant_, ones_, zeros_ ------------------------------------
+
+BASIC_CASES = [
+    ("uniform_", {}),
+    ("uniform_", {"a": -0.3, "b": 0.3}),
+    ("uniform_", {"a": 2.0, "b": 2.0}),
+    ("normal_", {}),
+    ("normal_", {"mean": 1.5, "std": 0.1}),
+    ("normal_", {"std": 0.0}),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(7,), (3, 5), (2, 3, 4), ()])
+@pytest.mark.parametrize(("name", "kwargs"), BASIC_CASES)
+def test_uniform_and_normal_equal_torch(name, kwargs, shape, dtype, device):
+    ours = getattr(init, name)(
+        torch.empty(shape, dtype=dtype, device=device),
+        generator=torch.Generator(device=device).manual_seed(5),
+        **kwargs,
+    )
+    theirs = getattr(torch.nn.init, name)(
+        torch.empty(shape, dtype=dtype, device=device),
+        generator=torch.Generator(device=device).manual_seed(5),
+        **kwargs,
+    )
+    assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize(("name", "kwargs"), BASIC_CASES)
+def test_uniform_and_normal_with_a_cpu_generator_on_any_device(name, kwargs, device):
+    w = torch.empty(4, 6, device=device)
+    assert getattr(init, name)(w, generator=torch.Generator().manual_seed(4), **kwargs) is w
+    expected = getattr(init, name)(
+        torch.empty(4, 6), generator=torch.Generator().manual_seed(4), **kwargs
+    )
+    assert torch.equal(w.cpu(), expected)
+
+
+def test_lecture_bound_is_uniform_of_one_over_sqrt_n(generator):
+    """U[-1/sqrt(n), 1/sqrt(n)] from uniform_ is uniform_fan_in_, draw for draw."""
+    n = 7
+    ours = init.uniform_(
+        torch.empty(4, n), -1 / math.sqrt(n), 1 / math.sqrt(n), torch.Generator().manual_seed(8)
+    )
+    expected = init.uniform_fan_in_(torch.empty(4, n), generator=torch.Generator().manual_seed(8))
+    torch.testing.assert_close(ours, expected, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("name", "args"), [("constant_", (0.25,)), ("constant_", (-3,)), ("ones_", ()), ("zeros_", ())]
+)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_constant_ones_zeros_equal_torch(name, args, dtype, device):
+    w = torch.nn.Parameter(torch.randn(3, 4, dtype=dtype, device=device))
+    ours = getattr(init, name)(w, *args)
+    assert ours is w and w.grad_fn is None
+    expected = getattr(torch.nn.init, name)(torch.empty(3, 4, dtype=dtype, device=device), *args)
+    assert torch.equal(ours, expected)
+
+
+@pytest.mark.parametrize("shape", [(0,), (0, 5), (3, 0, 2)])
+@pytest.mark.parametrize(
+    ("name", "args"), [("uniform_", ()), ("normal_", ()), ("constant_", (1.0,)), ("ones_", ())]
+)
+def test_basic_initializers_on_zero_element_tensors(name, args, shape):
+    w = torch.empty(shape)
+    assert getattr(init, name)(w, *args) is w
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda w: init.uniform_(w, 1.0, 0.0), ValueError, r"a <= b"),
+        (lambda w: init.uniform_(w, 0.0, math.inf), ValueError, "b"),
+        (lambda w: init.uniform_(w, math.nan, 1.0), ValueError, "a"),
+        (lambda w: init.uniform_(w, "0", 1.0), TypeError, "a"),
+        (lambda w: init.normal_(w, std=-1.0), ValueError, "std"),
+        (lambda w: init.normal_(w, mean=math.inf), ValueError, "mean"),
+        (lambda w: init.normal_(w, std=None), TypeError, "std"),
+        (lambda w: init.constant_(w, "a"), TypeError, "val"),
+        (lambda w: init.uniform_(w, generator=0), TypeError, "generator"),
+        (lambda w: init.ones_(w.long()), TypeError, "tensor"),
+        (lambda w: init.constant_([1.0], 1.0), TypeError, "tensor"),
+    ],
+)
+def test_basic_initializers_bad_arguments(call, error, match):
+    w = torch.zeros(3)
+    with pytest.raises(error, match=match):
+        call(w)
+    assert torch.equal(w, torch.zeros(3))
 
 
 @pytest.mark.parametrize("fn", [init.kaiming_uniform_, init.kaiming_normal_])

@@ -229,6 +229,28 @@ def test_cross_entropy_grad_all_targets_ignored(device, reduction, label_smoothi
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.4])
+@pytest.mark.parametrize(
+    ("shape", "kind"),
+    [((5, 0), "probabilities"), ((0,), "probabilities"), ((5, 0), "ignored"), ((0, 0), "ignored")],
+)
+def test_cross_entropy_grad_zero_classes(device, reduction, label_smoothing, shape, kind):
+    """No classes: an empty gradient, as torch's autograd gives (no division by zero)."""
+    x = torch.zeros(shape, dtype=torch.float64, device=device)
+    if kind == "probabilities":
+        target = torch.zeros(shape, dtype=torch.float64, device=device)
+    else:
+        target = torch.full(target_shape(shape), -100, device=device)
+    kwargs = dict(reduction=reduction, label_smoothing=label_smoothing)
+    actual = loss_grads.cross_entropy_grad(x, target, **kwargs)
+    assert actual.shape == shape
+    x = x.clone().requires_grad_(True)
+    loss = F.cross_entropy(x, target, **kwargs).sum()
+    (expected,) = torch.autograd.grad(loss, x, allow_unused=True)
+    assert expected is None or expected.shape == shape
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("target", [0, 4, -100])
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.3])
 def test_cross_entropy_grad_unbatched_scalar_target(device, reduction, target, label_smoothing):

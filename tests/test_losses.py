@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from npfl_lib.functional import losses
+from npfl_lib.functional import loss_grads, losses
 
 REDUCTIONS = ["none", "mean", "sum"]
 DTYPES = [torch.float64, torch.float32]
@@ -300,6 +300,66 @@ def test_binary_cross_entropy_with_huge_logits(device, dtype, reduction):
     assert_matches(actual, expected)
 
 
+def autograd_grads(loss_fn, input, target, **kwargs):
+    """Values and autograd gradients of ``loss_fn`` wrt input and target (upstream: ones)."""
+    input = input.detach().clone().requires_grad_(True)
+    target = target.detach().clone().requires_grad_(True)
+    loss = loss_fn(input, target, **kwargs)
+    grads = torch.autograd.grad(loss, (input, target), torch.ones_like(loss))
+    return loss.detach(), *grads
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_binary_cross_entropy_with_logits_gradient_at_zero_logit(device, dtype, reduction):
+    """A zero-initialised model's logit 0: autograd gives sigmoid(0) - g, as torch (0.5 - g)."""
+    logits = torch.zeros(4, dtype=dtype, device=device)
+    target = torch.tensor([0.0, 1.0, 0.3, 0.5], dtype=dtype, device=device)
+    ours = autograd_grads(
+        losses.binary_cross_entropy_with_logits, logits, target, reduction=reduction
+    )
+    theirs = autograd_grads(F.binary_cross_entropy_with_logits, logits, target, reduction=reduction)
+    for actual, expected in zip(ours, theirs, strict=True):
+        assert_matches(actual, expected)
+    if reduction == "none":
+        assert ours[1].tolist() == [0.5, -0.5, pytest.approx(0.2), 0.0]
+    # The analytic helper and autograd agree.
+    analytic = loss_grads.binary_cross_entropy_with_logits_grad(logits, target, reduction)
+    assert_matches(ours[1], analytic)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_binary_cross_entropy_gradient_at_zero_and_one(device, dtype, reduction):
+    """torch's backward is (p - g) / max(p (1 - p), 1e-12): 0 for a matching target at p = 0
+    or 1, +-1e12 otherwise, and -1e12 (not -1/p) for tiny p; no nan."""
+    probs = [0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 1e-30, 1 - 1e-13, 0.5, 1e-3]
+    target = [0.0, 1.0, 1.0, 0.0, 0.5, 0.5, 1.0, 0.0, 0.0, 1.0]
+    probs = torch.tensor(probs, dtype=torch.float64).to(device, dtype)
+    target = torch.tensor(target, dtype=torch.float64).to(device, dtype)
+    ours = autograd_grads(losses.binary_cross_entropy, probs, target, reduction=reduction)
+    theirs = autograd_grads(F.binary_cross_entropy, probs, target, reduction=reduction)
+    assert_matches(ours[0], theirs[0])
+    assert not ours[1].isnan().any()
+    torch.testing.assert_close(ours[1], theirs[1], rtol=1e-6, atol=0)
+    # The target's gradient is torch's -logit(p): +-inf at p = 0 or 1.
+    torch.testing.assert_close(ours[2], theirs[2], rtol=1e-6, atol=1e-6)
+    if reduction == "none" and dtype == torch.float64:
+        assert ours[1][:7].tolist() == [0.0, 0.0, -1e12, 1e12, -0.5e12, 0.5e12, -1e12]
+
+
+def test_binary_cross_entropy_second_derivative_matches_torch(device):
+    probs = torch.tensor([0.2, 0.7, 0.9], dtype=torch.float64, device=device)
+    target = torch.tensor([0.0, 1.0, 0.4], dtype=torch.float64, device=device)
+
+    def second(loss_fn):
+        p = probs.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(loss_fn(p, target, reduction="sum"), p, create_graph=True)
+        return torch.autograd.grad(g.sum(), p)[0]
+
+    assert_matches(second(losses.binary_cross_entropy), second(F.binary_cross_entropy))
+
+
 @given(
     shape=st.lists(st.integers(0, 4), max_size=3),
     seed=st.integers(0, 2**16),
@@ -352,6 +412,38 @@ def test_empty_batch(device, reduction):
         assert_matches(actual, expected)
         if reduction == "mean":
             assert torch.isnan(actual), ours.__name__
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+@pytest.mark.parametrize(
+    ("input_shape", "target"),
+    [
+        ((5, 0), "probabilities"),
+        ((2, 0, 3), "probabilities"),
+        ((0,), "probabilities"),
+        ((5, 0), "ignored"),
+        ((0, 0), "ignored"),
+        ((0,), "ignored"),
+    ],
+)
+def test_cross_entropy_zero_classes(device, reduction, label_smoothing, input_shape, target):
+    """No classes at all: torch gives nan for the mean, zeros otherwise, and an empty grad."""
+    input = torch.zeros(input_shape, dtype=torch.float64, device=device)
+    if target == "probabilities":
+        target = torch.zeros(input_shape, dtype=torch.float64, device=device)
+    else:  # class indices: with no class to pick, every one must be ignore_index
+        shape = () if len(input_shape) == 1 else (input_shape[0], *input_shape[2:])
+        target = torch.full(shape, -100, dtype=torch.long, device=device)
+    results = []
+    for loss_fn in (losses.cross_entropy, F.cross_entropy):
+        x = input.clone().requires_grad_(True)
+        loss = loss_fn(x, target, reduction=reduction, label_smoothing=label_smoothing)
+        (grad,) = torch.autograd.grad(loss.sum(), x, allow_unused=True)
+        results.append((loss.detach(), torch.zeros_like(x) if grad is None else grad))
+    (actual, actual_grad), (expected, expected_grad) = results
+    assert_matches(actual, expected)
+    assert actual_grad.shape == expected_grad.shape == input.shape
 
 
 def test_no_torch_functional_counterpart_is_called(monkeypatch):

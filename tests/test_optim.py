@@ -338,10 +338,14 @@ def test_bad_type_is_a_type_error():
 
 @pytest.mark.parametrize("optimizer_class", [SGD, RMSprop, Adam, AdamW])
 def test_bad_group_value_raises_before_any_update(optimizer_class):
-    """A schedule or add_param_group can put a bad value in a group: step() refuses it."""
+    """add_param_group refuses a bad value; one a schedule writes into a group, step() does."""
     first, second = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
     optimizer = optimizer_class([first], lr=0.1)
-    optimizer.add_param_group({"params": [second], "lr": -1.0})
+    with pytest.raises(ValueError, match="lr"):
+        optimizer.add_param_group({"params": [second], "lr": -1.0})
+    assert len(optimizer.param_groups) == 1
+    optimizer.add_param_group({"params": [second]})
+    optimizer.param_groups[1]["lr"] = -1.0
     first.grad, second.grad = torch.ones(2), torch.ones(2)
     with pytest.raises(ValueError, match="lr"):
         optimizer.step()
@@ -358,3 +362,263 @@ def test_sparse_grad_is_rejected(optimizer_class):
     with pytest.raises(TypeError, match="sparse"):
         optimizer.step()
     assert torch.equal(embedding.weight, before)
+
+
+# ------------------------------------------------------- torch's options, wherever they arrive
+
+CLASSES = {"SGD": SGD, "RMSprop": RMSprop, "Adam": Adam, "AdamW": AdamW}
+
+
+def one_param(value=1.0, grad=1.0):
+    param = torch.nn.Parameter(torch.tensor([value], dtype=torch.float64))
+    param.grad = torch.tensor([grad], dtype=torch.float64)
+    return param
+
+
+def test_maximize_in_a_param_group_is_honoured():
+    """The issue's example: maximize=True in a group dict steps uphill, as torch."""
+    param = one_param()
+    SGD([{"params": [param], "maximize": True}], lr=0.1).step()
+    assert param.item() == pytest.approx(1.1)
+    reference = one_param()
+    torch.optim.SGD([{"params": [reference], "maximize": True}], lr=0.1).step()
+    assert torch.equal(param, reference)
+
+
+@pytest.mark.parametrize("name", list(CLASSES))
+@pytest.mark.parametrize("where", ["constructor", "group", "add_param_group", "edited"])
+def test_maximize_matches_torch_wherever_it_arrives(name, where, device):
+    ours_class, torch_class = CLASSES[name], getattr(torch.optim, name)
+    dtype = torch.float64
+    model, data = make_mlp(dtype, device), make_data(dtype, device)
+    reference = copy.deepcopy(model)
+    reference_optimizer = torch_optimizer(
+        torch_class, reference.parameters(), lr=0.01, maximize=True
+    )
+    if where == "constructor":
+        optimizer = ours_class(model.parameters(), lr=0.01, maximize=True)
+    elif where == "group":
+        optimizer = ours_class([{"params": model.parameters(), "maximize": True}], lr=0.01)
+    elif where == "add_param_group":
+        optimizer = ours_class(model[0].parameters(), lr=0.01, maximize=True)
+        optimizer.add_param_group({"params": model[2].parameters()})  # maximize from defaults
+        assert optimizer.param_groups[1]["maximize"] is True
+    else:
+        optimizer = ours_class(model.parameters(), lr=0.01)
+        optimizer.param_groups[0]["maximize"] = True
+    train(model, optimizer, data, 5)
+    train(reference, reference_optimizer, data, 5)
+    assert_same_parameters(model, reference, dtype)
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+@pytest.mark.parametrize("where", ["constructor", "group"])
+def test_amsgrad_matches_torch(name, where, device):
+    ours_class, torch_class = CLASSES[name], getattr(torch.optim, name)
+    dtype = torch.float64
+    model, data = make_mlp(dtype, device), make_data(dtype, device)
+    reference = copy.deepcopy(model)
+    kwargs = {"lr": 0.05, "betas": (0.5, 0.6), "weight_decay": 0.1}
+    if where == "constructor":
+        optimizer = ours_class(model.parameters(), amsgrad=True, **kwargs)
+    else:
+        optimizer = ours_class([{"params": model.parameters(), "amsgrad": True}], **kwargs)
+    train(model, optimizer, data, 20)
+    theirs = torch_optimizer(torch_class, reference.parameters(), amsgrad=True, **kwargs)
+    train(reference, theirs, data, 20)
+    assert_same_parameters(model, reference, dtype)
+    state = optimizer.state[model[0].weight]
+    assert torch.equal(state["max_exp_avg_sq"], theirs.state[reference[0].weight]["max_exp_avg_sq"])
+
+
+@pytest.mark.parametrize("decoupled", [True, False])
+def test_adam_decoupled_weight_decay_matches_torch(decoupled, device):
+    """Adam(decoupled_weight_decay=True) is AdamW, as in torch; the group value decides."""
+    dtype = torch.float64
+    model, data = make_mlp(dtype, device), make_data(dtype, device)
+    reference = copy.deepcopy(model)
+    kwargs = {"lr": 0.05, "weight_decay": 0.3, "decoupled_weight_decay": decoupled}
+    train(model, Adam(model.parameters(), **kwargs), data, 10)
+    train(reference, torch_optimizer(torch.optim.Adam, reference.parameters(), **kwargs), data, 10)
+    assert_same_parameters(model, reference, dtype)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("SGD", {"lr": 0.1, "momentum": 0.9, "maximize": True}),
+        ("RMSprop", {"lr": 0.01, "maximize": True, "centered": True}),
+        ("Adam", {"lr": 0.01, "maximize": True, "amsgrad": True}),
+        ("Adam", {"lr": 0.01, "weight_decay": 0.2, "decoupled_weight_decay": True}),
+        ("AdamW", {"lr": 0.01, "amsgrad": True}),
+    ],
+)
+def test_torch_state_dict_options_are_honoured(name, kwargs, device):
+    """A torch checkpoint's maximize/amsgrad/decoupled_weight_decay take effect after loading."""
+    ours_class, torch_class = CLASSES[name], getattr(torch.optim, name)
+    dtype = torch.float64
+    model, data = make_mlp(dtype, device), make_data(dtype, device)
+    reference = copy.deepcopy(model)
+    theirs = torch_optimizer(torch_class, model.parameters(), **kwargs)
+    train(model, theirs, data, 5)
+    ours = ours_class(model.parameters(), lr=kwargs["lr"])  # no options given here
+    ours.load_state_dict(copy.deepcopy(theirs.state_dict()))
+    for key, value in kwargs.items():
+        assert ours.param_groups[0][key] == value
+    train(model, ours, data, 5)
+    train(reference, torch_optimizer(torch_class, reference.parameters(), **kwargs), data, 10)
+    assert_same_parameters(model, reference, dtype)
+
+
+def test_adamw_loading_an_adam_checkpoint_stays_decoupled(device):
+    """torch.optim.AdamW forces decoupled_weight_decay=True when it loads a state; so do we."""
+    params = [one_param()]
+    checkpoint = torch.optim.Adam(params, weight_decay=0.1).state_dict()
+    optimizer = AdamW([one_param()])
+    optimizer.load_state_dict(checkpoint)
+    assert optimizer.param_groups[0]["decoupled_weight_decay"] is True
+
+
+# Each optimizer's torch options that npfl_lib refuses unless at the value it implements.
+REFUSED = {
+    "SGD": {"foreach": True, "differentiable": True, "fused": True},
+    "RMSprop": {"foreach": True, "differentiable": True, "capturable": True},
+    "Adam": {"foreach": True, "differentiable": True, "fused": True, "capturable": True},
+    "AdamW": {"foreach": True, "differentiable": True, "fused": True, "capturable": True},
+}
+REFUSED_CASES = [
+    (name, option, value) for name in REFUSED for option, value in REFUSED[name].items()
+]
+
+
+@pytest.mark.parametrize(("name", "option", "value"), REFUSED_CASES)
+@pytest.mark.parametrize(
+    "where", ["constructor", "group", "add_param_group", "load_state_dict", "edited"]
+)
+def test_refused_options_raise_wherever_they_arrive(name, option, value, where):
+    ours_class = CLASSES[name]
+    first, second = one_param(), one_param()
+    match = rf"{option}={value}.*not supported"
+    if where == "constructor":
+        with pytest.raises(ValueError, match=match):
+            ours_class([first], **{option: value})
+        return
+    if where == "group":
+        with pytest.raises(ValueError, match=match):
+            ours_class([{"params": [first], option: value}])
+        return
+    optimizer = ours_class([first])
+    if where == "add_param_group":
+        with pytest.raises(ValueError, match=match):
+            optimizer.add_param_group({"params": [second], option: value})
+        assert len(optimizer.param_groups) == 1
+    elif where == "load_state_dict":
+        checkpoint = copy.deepcopy(optimizer.state_dict())
+        checkpoint["param_groups"][0][option] = value
+        with pytest.raises(ValueError, match=match):
+            optimizer.load_state_dict(checkpoint)
+        assert optimizer.param_groups[0][option] in (None, False)
+    else:
+        optimizer.param_groups[0][option] = value
+        with pytest.raises(ValueError, match=match):
+            optimizer.step()
+        assert first.item() == 1.0
+
+
+@pytest.mark.parametrize("name", list(CLASSES))
+def test_the_values_npfl_lib_implements_are_accepted(name):
+    """foreach=False/None, fused=None/False, capturable=False, differentiable=False."""
+    ours_class, param = CLASSES[name], one_param()
+    kwargs = {option: False for option in REFUSED[name]}
+    optimizer = ours_class([param], lr=0.1, **kwargs)
+    optimizer.step()
+    assert param.item() < 1.0
+    # A torch checkpoint made with the defaults (foreach=None, fused=None) loads as is.
+    reference = getattr(torch.optim, name)([one_param()], lr=0.1)
+    optimizer.load_state_dict(reference.state_dict())
+
+
+FLAGS = {
+    "SGD": ["maximize", "nesterov"],
+    "RMSprop": ["maximize", "centered"],
+    "Adam": ["maximize", "amsgrad", "decoupled_weight_decay"],
+    "AdamW": ["maximize", "amsgrad", "decoupled_weight_decay"],
+}
+
+
+@pytest.mark.parametrize(("name", "option"), [(n, o) for n in FLAGS for o in FLAGS[n]])
+def test_option_flags_must_be_bools(name, option):
+    ours_class = CLASSES[name]
+    with pytest.raises(TypeError, match=option):
+        ours_class([{"params": [one_param()], option: "yes"}], lr=0.1)
+
+
+@pytest.mark.parametrize("name", ["RMSprop", "Adam", "AdamW"])
+@pytest.mark.parametrize("step", ["float", "tensor"])
+def test_loaded_float_step_steps_on(name, step, device):
+    """Older torch checkpoints hold state["step"] as a float; torch steps on, so do we."""
+    ours_class, torch_class = CLASSES[name], getattr(torch.optim, name)
+    dtype = torch.float64
+    model, data = make_mlp(dtype, device), make_data(dtype, device)
+    theirs = torch_optimizer(torch_class, model.parameters(), lr=0.01)
+    train(model, theirs, data, 1)
+    checkpoint = copy.deepcopy(theirs.state_dict())
+    for param_state in checkpoint["state"].values():
+        param_state["step"] = 1.0 if step == "float" else torch.tensor(1.0)
+    reference = copy.deepcopy(model)
+    ours = ours_class(model.parameters(), lr=0.01)
+    ours.load_state_dict(copy.deepcopy(checkpoint))  # loading shares the state's tensors
+    assert all(type(state["step"]) is int for state in ours.state.values())
+    train(model, ours, data, 3)
+    resumed = torch_optimizer(torch_class, reference.parameters(), lr=0.01)
+    resumed.load_state_dict(copy.deepcopy(checkpoint))
+    train(reference, resumed, data, 3)
+    assert_same_parameters(model, reference, dtype)
+
+
+@pytest.mark.parametrize("step", [1.5, -1.0, float("nan"), "1"])
+def test_loaded_step_that_is_not_a_count_is_refused(step):
+    param = one_param()
+    optimizer = Adam([param])
+    optimizer.step()
+    checkpoint = copy.deepcopy(optimizer.state_dict())
+    checkpoint["state"][0]["step"] = step
+    with pytest.raises((TypeError, ValueError), match="step"):
+        optimizer.load_state_dict(checkpoint)
+    assert optimizer.state[param]["step"] == 1
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+@pytest.mark.parametrize(
+    "betas",
+    [
+        (0.9, torch.tensor(0.99)),
+        (torch.tensor(0.9), 0.99),
+        (torch.tensor(0.9), torch.tensor(0.99)),
+    ],
+)
+def test_tensor_betas_are_refused(name, betas):
+    """Mixed float/tensor betas: torch raises too. Two tensors: see the README's table."""
+    with pytest.raises(ValueError, match="betas"):
+        CLASSES[name]([one_param()], betas=betas)
+    optimizer = CLASSES[name]([one_param()])
+    with pytest.raises(ValueError, match="betas"):
+        optimizer.add_param_group({"params": [one_param()], "betas": betas})
+
+
+@pytest.mark.parametrize("name", list(CLASSES))
+def test_tensor_lr_matches_torch(name, device):
+    ours_class, torch_class = CLASSES[name], getattr(torch.optim, name)
+    dtype = torch.float64
+    model, data = make_mlp(dtype, device), make_data(dtype, device)
+    reference = copy.deepcopy(model)
+    train(model, ours_class(model.parameters(), lr=torch.tensor(0.01)), data, 10)
+    theirs = torch_optimizer(torch_class, reference.parameters(), lr=torch.tensor(0.01))
+    train(reference, theirs, data, 10)
+    assert_same_parameters(model, reference, dtype)
+
+
+@pytest.mark.parametrize("name", list(CLASSES))
+def test_tensor_lr_must_have_one_element(name):
+    with pytest.raises(ValueError, match="lr"):
+        CLASSES[name]([one_param()], lr=torch.tensor([0.1, 0.1]))

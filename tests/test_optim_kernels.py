@@ -53,10 +53,19 @@ def run_rmsprop(param, grads, **kwargs):
 
 
 def run_adam(param, grads, kernel=adam_step, betas=(0.9, 0.999), **kwargs):
-    param, exp_avg, exp_avg_sq = param.clone(), torch.zeros_like(param), torch.zeros_like(param)
+    param = param.clone()
+    exp_avg, exp_avg_sq, max_exp_avg_sq = (torch.zeros_like(param) for _ in range(3))
     for step, grad in enumerate(grads, start=1):
         kernel(
-            param, grad, exp_avg, exp_avg_sq, step=step, beta1=betas[0], beta2=betas[1], **kwargs
+            param,
+            grad,
+            exp_avg,
+            exp_avg_sq,
+            max_exp_avg_sq,
+            step=step,
+            beta1=betas[0],
+            beta2=betas[1],
+            **kwargs,
         )
     return param
 
@@ -81,6 +90,8 @@ DTYPES = pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
         {"lr": 0.1, "momentum": 0.9},
         {"lr": 0.1, "momentum": 0.9, "dampening": 0.5, "weight_decay": 0.01},
         {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01},
+        {"lr": 0.1, "maximize": True, "weight_decay": 0.1},
+        {"lr": 0.1, "momentum": 0.9, "nesterov": True, "maximize": True},
     ],
 )
 def test_sgd_step_matches_torch(kwargs, dtype, device):
@@ -95,6 +106,7 @@ def test_sgd_step_matches_torch(kwargs, dtype, device):
         {"lr": 0.01, "centered": True},
         {"lr": 0.01, "momentum": 0.9, "weight_decay": 0.1},
         {"lr": 0.01, "alpha": 0.5, "eps": 1e-3, "momentum": 0.5, "centered": True},
+        {"lr": 0.01, "maximize": True, "weight_decay": 0.1, "momentum": 0.5, "centered": True},
     ],
 )
 def test_rmsprop_step_matches_torch(kwargs, dtype, device):
@@ -104,7 +116,13 @@ def test_rmsprop_step_matches_torch(kwargs, dtype, device):
 @DTYPES
 @pytest.mark.parametrize(
     "kwargs",
-    [{"lr": 0.01}, {"lr": 0.01, "betas": (0.5, 0.9), "eps": 1e-3, "weight_decay": 0.1}],
+    [
+        {"lr": 0.01},
+        {"lr": 0.01, "betas": (0.5, 0.9), "eps": 1e-3, "weight_decay": 0.1},
+        {"lr": 0.01, "weight_decay": 0.1, "maximize": True},
+        {"lr": 0.01, "betas": (0.5, 0.6), "weight_decay": 0.1, "amsgrad": True},
+        {"lr": 0.01, "weight_decay": 0.1, "amsgrad": True, "maximize": True},
+    ],
 )
 @pytest.mark.parametrize("decoupled", [False, True])
 def test_adam_steps_match_torch(kwargs, decoupled, dtype, device):
@@ -294,6 +312,8 @@ def call_adam(kernel=adam_step, **overrides):
         (lambda: call_adam(adamw_step, beta2=1.0), "beta2"),
         (lambda: call_adam(adamw_step, weight_decay=-1.0), "weight_decay"),
         (lambda: call_adam(adamw_step, step=-3), "step"),
+        (lambda: call_adam(amsgrad=True), "max_exp_avg_sq"),
+        (lambda: call_adam(adamw_step, amsgrad=True), "max_exp_avg_sq"),
     ],
 )
 def test_bad_hyperparameters(call, match):
@@ -323,6 +343,43 @@ def test_bad_tensors(call):
     with pytest.raises(TypeError, match="sparse"):
         call(param, grad.to_sparse(), state)
     assert torch.equal(param, torch.zeros(2, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: call_sgd(maximize=1),
+        lambda: call_sgd(nesterov="yes"),
+        lambda: call_rmsprop(maximize=None),
+        lambda: call_rmsprop(centered=1),
+        lambda: call_adam(maximize="no"),
+        lambda: call_adam(amsgrad=0),
+        lambda: call_adam(adamw_step, amsgrad=1),
+    ],
+)
+def test_flags_must_be_bools(call):
+    with pytest.raises(TypeError, match="must be True or False"):
+        call()
+
+
+def test_amsgrad_uses_the_largest_second_moment(device):
+    """After a large gradient, v decays but v_max keeps it: the step stays small."""
+    param = torch.zeros(1, dtype=torch.float64, device=device)
+    exp_avg, exp_avg_sq, max_exp_avg_sq = (torch.zeros_like(param) for _ in range(3))
+    for step, grad in enumerate([100.0, 1.0, 1.0], start=1):
+        adam_step(
+            param,
+            torch.full_like(param, grad),
+            exp_avg,
+            exp_avg_sq,
+            max_exp_avg_sq,
+            step=step,
+            lr=0.1,
+            beta2=0.5,
+            amsgrad=True,
+        )
+    assert max_exp_avg_sq.item() == 10000 * 0.5  # v after the first step
+    assert exp_avg_sq.item() < max_exp_avg_sq.item()
 
 
 @pytest.mark.parametrize("kernel", [adam_step, adamw_step])

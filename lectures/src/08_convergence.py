@@ -131,7 +131,7 @@ def train_digits(initialize):
 inits = {
     "random (Glorot)": init.xavier_uniform_,
     "all zeros": init.zeros_,
-    "all 0.1": lambda w: torch.nn.init.constant_(w, 0.1),  # npfl_lib.init has no constant_
+    "all 0.1": lambda w: init.constant_(w, 0.1),
 }
 fig, axes = plt.subplots(1, 3, figsize=(13, 3))
 for ax, (name, initialize) in zip(axes, inits.items(), strict=True):

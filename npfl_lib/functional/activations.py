@@ -84,8 +84,8 @@ def softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """
     check_float_tensor("x", x)
     _check_dim(x, dim)
-    if x.numel() == 0:  # amax refuses empty reductions; the result is empty anyway
-        return torch.empty_like(x)
+    if x.numel() == 0:  # amax refuses empty reductions; torch's empty result is in the graph
+        return x.clone()
     e = torch.exp(_shift_by_max(x, dim))
     return e / e.sum(dim=dim, keepdim=True)
 
@@ -107,8 +107,8 @@ def log_softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """
     check_float_tensor("x", x)
     _check_dim(x, dim)
-    if x.numel() == 0:
-        return torch.empty_like(x)
+    if x.numel() == 0:  # as in softmax
+        return x.clone()
     shifted = _shift_by_max(x, dim)
     return shifted - torch.log(torch.exp(shifted).sum(dim=dim, keepdim=True))
 

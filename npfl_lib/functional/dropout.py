@@ -42,9 +42,12 @@ def dropout(
     generator gives the same mask on every device. No random numbers are drawn when
     the function is the identity.
 
+    ``p = 1`` drops every unit: the result is ``x * 0`` (zeros, but nan where ``x`` is
+    nan or infinite), as torch, since no unit is kept to be scaled by ``1 / (1 - p)``.
+
     Args:
         x (torch.Tensor): Floating-point input of any shape.
-        p (float): Drop probability in ``[0, 1)``. Default: 0.5.
+        p (float): Drop probability in ``[0, 1]``. Default: 0.5.
         training (bool): If False, ``x`` is returned unchanged. Default: True.
         generator (torch.Generator, optional): Source of randomness for the mask.
 
@@ -54,17 +57,13 @@ def dropout(
     """
     check_float_tensor("x", x)
     if isinstance(p, bool) or not isinstance(p, numbers.Real):
-        raise TypeError(f"p must be a real number in [0, 1), got {type(p).__name__}")
-    if p == 1:
-        raise ValueError(
-            "p must lie in [0, 1), got 1: p is the probability to drop a unit, so p = 1 "
-            "drops all of them and the kept ones would be scaled by 1 / (1 - p) = inf; "
-            "use torch.zeros_like(x) if that is really what you want"
-        )
-    check_in_range("p", p, 0.0, 1.0, high_inclusive=False)
+        raise TypeError(f"p must be a real number in [0, 1], got {type(p).__name__}")
+    check_in_range("p", p, 0.0, 1.0)
     _check_generator(generator)
     if not training or p == 0:
         return x
+    if p == 1:  # torch multiplies by 0 rather than divide by 1 - p = 0
+        return x * 0.0
     device = _generator_device(generator, x.device)
     keep = torch.rand(x.shape, generator=generator, device=device) >= p
     return x * keep.to(x.device) / (1 - p)

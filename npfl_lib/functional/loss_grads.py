@@ -21,7 +21,12 @@ from __future__ import annotations
 
 import torch
 
-from .losses import _check_cross_entropy_args, _check_elementwise_args, _log_softmax
+from .losses import (
+    _check_cross_entropy_args,
+    _check_elementwise_args,
+    _log_softmax,
+    _smoothing_share,
+)
 
 __all__ = [
     "mse_loss_grad",
@@ -122,13 +127,13 @@ def cross_entropy_grad(
     if target.is_floating_point():
         probs = _log_softmax(input, dim).exp()
         grad = probs * target.sum(dim, keepdim=True) - target
-        if reduction == "mean":
-            grad = grad / (input.numel() // num_classes)
+        if reduction == "mean":  # divide by N * d1 * ... * dk (no classes: nothing to divide)
+            grad = grad / (input.numel() // num_classes if num_classes else 1)
         return grad
 
     probs = _log_softmax(input, dim).exp()
     gold = _one_hot(target, num_classes, dim, input.dtype)
-    grad = probs - ((1 - label_smoothing) * gold + label_smoothing / num_classes)
+    grad = probs - ((1 - label_smoothing) * gold + _smoothing_share(label_smoothing, num_classes))
     ignored = (target == ignore_index).unsqueeze(dim)
     if reduction == "mean":
         # Divide before masking: when every target is ignored the count is 0, and the

@@ -10,6 +10,8 @@ sum and ``"mean"`` their average; the mean of no elements is ``nan``, like torch
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .._checks import (
@@ -51,6 +53,8 @@ def _log_softmax(x: torch.Tensor, dim: int) -> torch.Tensor:
     unchanged because softmax is shift-invariant), and the largest term becomes
     ``exp(0) = 1``, so the ``log`` of the sum never sees 0.
     """
+    if x.shape[dim] == 0:  # no classes: amax refuses; torch returns the empty x, in the graph
+        return x.clone()
     shifted = x - x.amax(dim=dim, keepdim=True)
     return shifted - shifted.exp().sum(dim=dim, keepdim=True).log()
 
@@ -58,9 +62,14 @@ def _log_softmax(x: torch.Tensor, dim: int) -> torch.Tensor:
 def _softplus(x: torch.Tensor) -> torch.Tensor:
     """Stable ``log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|))``.
 
-    ``exp`` only ever sees a non-positive argument, so it cannot overflow.
+    ``exp`` only ever sees a non-positive argument, so it cannot overflow. ``max(x, 0)``
+    and ``-|x|`` are spelled with ``where`` on one condition rather than ``clamp_min`` and
+    ``abs``, whose autograd slopes at 0 are both 0: so autograd gives the true derivative
+    ``sigmoid(0) = 1/2`` at ``x = 0`` (torch's, what a zero-initialised model sees).
     """
-    return x.clamp_min(0) + (-x.abs()).exp().log1p()
+    nonnegative = x >= 0
+    minus_abs = torch.where(nonnegative, -x, x)
+    return torch.where(nonnegative, x, 0.0) + minus_abs.exp().log1p()
 
 
 def _log_sigmoid(x: torch.Tensor) -> torch.Tensor:
@@ -124,6 +133,17 @@ def _check_prob_target(input: torch.Tensor, target: torch.Tensor, ignore_index: 
         )
 
 
+def _smoothing_share(label_smoothing: float, num_classes: int) -> float:
+    """``eps / C``, the probability label smoothing gives each class.
+
+    With no classes and ``eps > 0`` it is ``inf`` (so a smoothed loss is nan), as torch's
+    float division gives; Python's would raise.
+    """
+    if num_classes == 0:
+        return math.inf if label_smoothing > 0 else 0.0
+    return label_smoothing / num_classes
+
+
 def _check_cross_entropy_args(
     input: torch.Tensor,
     target: torch.Tensor,
@@ -148,7 +168,7 @@ def _check_cross_entropy_args(
     if target.is_floating_point():
         _check_prob_target(input, target, ignore_index)
         if label_smoothing > 0:
-            target = target * (1 - label_smoothing) + label_smoothing / num_classes
+            target = target * (1 - label_smoothing) + _smoothing_share(label_smoothing, num_classes)
     else:
         _check_index_target(input, target, ignore_index)
     return dim, num_classes, target
@@ -160,6 +180,9 @@ def _picked_nll(
     """Per-element ``-log_probs[target]`` (0 where ignored) and the ignored mask."""
     dim = _class_dim(log_probs)
     ignored = target == ignore_index
+    if log_probs.shape[dim] == 0:
+        # No classes, so every target is ignore_index (checked): torch's loss is 0 each.
+        return log_probs.sum(dim), ignored
     # Ignored positions may hold any index (e.g. -100); point them at class 0 so the
     # gather is valid, then overwrite their loss with 0.
     safe_target = target.long().masked_fill(ignored, 0).unsqueeze(dim)
@@ -317,6 +340,8 @@ def cross_entropy(
     )
     if target.is_floating_point():
         loss = -(_log_softmax(input, dim) * target).sum(dim)
+        if reduction == "mean" and input.numel() == 0:
+            return loss.sum() * math.nan  # torch: nan, even for samples without classes
         return _reduce(loss, reduction)
 
     log_probs = _log_softmax(input, dim)
@@ -329,7 +354,7 @@ def cross_entropy(
         smooth = smooth.sum() / (target != ignore_index).sum()
     else:
         smooth = _reduce(smooth, reduction)
-    return (1 - label_smoothing) * nll + label_smoothing / num_classes * smooth
+    return (1 - label_smoothing) * nll + _smoothing_share(label_smoothing, num_classes) * smooth
 
 
 def binary_cross_entropy(
@@ -340,6 +365,8 @@ def binary_cross_entropy(
     ``loss = -(g * log(p) + (1 - g) * log(1 - p))`` with ``p = input`` and ``g = target``.
     As in torch, each log is clamped at -100, so ``p`` exactly 0 or 1 gives a finite
     loss (at most 100) instead of ``inf``. ``"mean"`` divides by the number of elements.
+    The gradient is torch's too, ``(p - g) / max(p (1 - p), 1e-12)``: finite everywhere
+    (0 for ``p = g`` at 0 or 1), where autograd through the clamped logs would give nan.
     Prefer :func:`binary_cross_entropy_with_logits`, which is stable for any logit.
 
     Args:
@@ -359,12 +386,37 @@ def binary_cross_entropy(
     for name, tensor in (("input", input), ("target", target)):
         if not bool(((tensor >= 0) & (tensor <= 1)).all()):
             raise ValueError(f"every element of {name} must lie in [0, 1]")
-    # log1p(-p) is more accurate than log(1 - p) for small p; the order of the terms
-    # follows torch's kernel so float32 results agree to the last bit.
-    log_p = input.log().clamp_min(-100)
-    log_1mp = (-input).log1p().clamp_min(-100)
-    loss = (target - 1) * log_1mp - target * log_p
-    return _reduce(loss, reduction)
+    return _reduce(_BinaryCrossEntropy.apply(input, target), reduction)
+
+
+class _BinaryCrossEntropy(torch.autograd.Function):
+    """Element-wise binary cross-entropy with torch's backward.
+
+    torch's gradient is not the autograd derivative of the clamped forward (which is nan
+    at ``p`` = 0 or 1, where ``0 * inf`` appears, and ``-1/p`` for a tiny ``p``): it is
+    the analytic slope ``(p - g) / (p (1 - p))`` with the denominator clamped at 1e-12.
+    """
+
+    @staticmethod
+    def forward(ctx, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(input, target)
+        # log1p(-p) is more accurate than log(1 - p) for small p; the order of the terms
+        # follows torch's kernel so float32 results agree to the last bit.
+        log_p = input.log().clamp_min(-100)
+        log_1mp = (-input).log1p().clamp_min(-100)
+        return (target - 1) * log_1mp - target * log_p
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        input, target = ctx.saved_tensors
+        grad_input = grad_target = None
+        if ctx.needs_input_grad[0]:
+            # torch: 0 for a matching target at p = 0 or 1, at most 1e12 in size otherwise.
+            grad_input = grad * (input - target) / ((1 - input) * input).clamp_min(1e-12)
+        if ctx.needs_input_grad[1]:
+            # d/dg = log(1 - p) - log(p), unclamped as torch's (+-inf at p = 1 or 0).
+            grad_target = grad * ((-input).log1p() - input.log())
+        return grad_input, grad_target
 
 
 def binary_cross_entropy_with_logits(

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ._validate import _check_dense
+from ._validate import _check_dense, _check_fixed_option, _step_count
 
 
 class KernelOptimizer(torch.optim.Optimizer):
@@ -21,15 +21,52 @@ class KernelOptimizer(torch.optim.Optimizer):
     Step counter: ``state["step"]`` is a plain Python ``int``. It stays exact however
     long training runs (torch keeps a float32 tensor) and bias corrections are computed
     on the host, which is what torch's default, non-``capturable`` path does too; the
-    price is that a step cannot be captured in a CUDA graph. A tensor counter found in a
-    loaded ``torch.optim`` state dict is converted to an ``int``.
+    price is that a step cannot be captured in a CUDA graph. A tensor or float counter
+    found in a loaded state dict (torch's, or an older torch's) is converted to an ``int``.
+
+    Options: every group holds all of torch's option keys (``maximize``, ``foreach``,
+    ...), so state dicts move between npfl_lib and torch both ways. Options are checked
+    wherever they arrive: in the constructor, in a group dict, by :meth:`add_param_group`,
+    by :meth:`load_state_dict` (before anything is replaced) and again at every
+    :meth:`step`. Those listed in ``_fixed_options`` (``foreach``, ``fused``,
+    ``capturable``, ``differentiable``) are accepted only at the value npfl_lib
+    implements; any other value raises a ValueError that says why.
     """
+
+    # torch options that this optimizer accepts only at npfl_lib's value (_validate.FIXED_OPTIONS).
+    _fixed_options: tuple[str, ...] = ()
+
+    def __init__(self, params, defaults: dict[str, Any]) -> None:
+        self._check_group(defaults)  # the defaults too, even where every group overrides them
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Adds a group (see ``torch.optim.Optimizer``), after checking it with the defaults
+        filled in: a bad option raises and the group is not added."""
+        if isinstance(param_group, dict):
+            self._check_group({**self.defaults, **param_group})
+        super().add_param_group(param_group)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Loads a state dict (npfl_lib's or torch's), after checking its groups and step
+        counters: a bad one raises and the optimizer is left as it was."""
+        for group in state_dict["param_groups"]:
+            self._check_group({**self.defaults, **group})
+        for param_state in state_dict["state"].values():
+            if "step" in param_state:
+                _step_count(param_state["step"])
+        super().load_state_dict(state_dict)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        for group in self.param_groups:
+            # A checkpoint from an older version may lack option keys: the defaults fill
+            # them in, as torch's optimizers do.
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
         for param_state in self.state.values():
-            if torch.is_tensor(param_state.get("step")):
-                param_state["step"] = int(param_state["step"].item())
+            if "step" in param_state:
+                param_state["step"] = _step_count(param_state["step"])
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
@@ -67,8 +104,12 @@ class KernelOptimizer(torch.optim.Optimizer):
         return loss
 
     def _check_group(self, group: dict[str, Any]) -> None:
-        """Raises ValueError/TypeError if a group's hyperparameters are out of range."""
-        raise NotImplementedError
+        """Raises ValueError/TypeError if a group's hyperparameters or options are bad.
+
+        Subclasses check their hyperparameters and call this for the fixed options.
+        """
+        for name in self._fixed_options:
+            _check_fixed_option(name, group[name])
 
     def _update(
         self,

@@ -7,13 +7,8 @@ from typing import Any
 import torch
 
 from ._base import KernelOptimizer
-from ._validate import _check_adam_args
+from ._validate import _check_adam_args, _check_betas, _check_flag
 from .kernels import adam_step, adamw_step
-
-
-def _check_betas(betas: tuple[float, float]) -> None:
-    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
 
 
 class Adam(KernelOptimizer):
@@ -22,46 +17,78 @@ class Adam(KernelOptimizer):
     The update of each parameter is :func:`~npfl_lib.optim.kernels.adam_step`::
 
         t <- t + 1                                   # before the update: first step t = 1
-        g <- grad + weight_decay * theta             # coupled: the penalty enters m and v
+        g <- -grad if maximize else grad
+        g <- g + weight_decay * theta                # coupled: the penalty enters m and v
         m <- beta1 * m + (1 - beta1) * g
         v <- beta2 * v + (1 - beta2) * g^2
+        v_max <- max(v_max, v)                       # amsgrad only; v_hat uses v_max then
         theta <- theta - lr * m_hat / (sqrt(v_hat) + eps)
 
     with bias-corrected ``m_hat = m / (1 - beta1^t)``, ``v_hat = v / (1 - beta2^t)``;
     ``eps`` goes outside the square root, after bias correction, as torch. For weight
-    decay that does not pass through ``m``/``v`` use :class:`AdamW`.
+    decay that does not pass through ``m``/``v`` use :class:`AdamW` (or, as in torch,
+    ``decoupled_weight_decay=True``, which makes this optimizer an AdamW).
 
     Args:
         params: Parameters or parameter-group dicts, as for any ``torch.optim`` optimizer.
-        lr (float): Learning rate, ``>= 0``.
-        betas (tuple[float, float]): ``(beta1, beta2)``, each in ``[0, 1)``.
+        lr (float | torch.Tensor): Learning rate, ``>= 0`` (a 1-element tensor too).
+        betas (tuple[float, float]): ``(beta1, beta2)``, each in ``[0, 1)``; numbers, not
+            tensors.
         eps (float): Added to ``sqrt(v_hat)`` for stability, ``>= 0``.
         weight_decay (float): L2 penalty coefficient added to the gradient, ``>= 0``.
+        amsgrad (bool): Normalize by the largest ``v`` so far (Reddi et al., 2018).
+        foreach, capturable, differentiable, fused: torch's implementation choices,
+            accepted only at the value npfl_lib implements (``foreach``/``fused``:
+            ``None`` or ``False``; the others ``False``); see
+            :class:`~npfl_lib.optim._base.KernelOptimizer`.
+        maximize (bool): Ascend the objective instead of descending it.
+        decoupled_weight_decay (bool): Decay the weights directly, as :class:`AdamW`.
 
     State per parameter (torch's keys): ``"step"`` (``t``, a Python ``int``, see
-    :class:`~npfl_lib.optim._base.KernelOptimizer`), ``"exp_avg"`` (``m``) and
-    ``"exp_avg_sq"`` (``v``), zeros before the first step.
+    :class:`~npfl_lib.optim._base.KernelOptimizer`), ``"exp_avg"`` (``m``),
+    ``"exp_avg_sq"`` (``v``) and, with ``amsgrad``, ``"max_exp_avg_sq"`` (``v_max``),
+    zeros before the first step.
 
     Raises:
-        ValueError: An argument out of range, naming it.
+        ValueError: An argument out of range, or a refused option value, naming it.
+        TypeError: A flag that is not a bool.
     """
 
-    _kernel = staticmethod(adam_step)
+    _fixed_options = ("foreach", "capturable", "differentiable", "fused")
 
     def __init__(
         self,
         params,
-        lr: float = 1e-3,
+        lr: float | torch.Tensor = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0,
+        amsgrad: bool = False,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        decoupled_weight_decay: bool = False,
     ) -> None:
-        _check_betas(betas)
-        _check_adam_args(lr, betas[0], betas[1], eps, weight_decay, names=("betas[0]", "betas[1]"))
-        defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}
+        defaults = {
+            "lr": lr,
+            "betas": tuple(betas) if isinstance(betas, list) else betas,  # checked with the rest
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "amsgrad": amsgrad,
+            "maximize": maximize,
+            "foreach": foreach,
+            "capturable": capturable,
+            "differentiable": differentiable,
+            "fused": fused,
+            "decoupled_weight_decay": decoupled_weight_decay,
+        }
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
+        super()._check_group(group)
         betas = group["betas"]
         _check_betas(betas)
         _check_adam_args(
@@ -72,6 +99,8 @@ class Adam(KernelOptimizer):
             group["weight_decay"],
             names=("betas[0]", "betas[1]"),
         )
+        for flag in ("amsgrad", "maximize", "decoupled_weight_decay"):
+            _check_flag(flag, group[flag])
 
     def _update(
         self, param: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], group: dict[str, Any]
@@ -80,19 +109,26 @@ class Adam(KernelOptimizer):
             state["step"] = 0
             state["exp_avg"] = torch.zeros_like(param)
             state["exp_avg_sq"] = torch.zeros_like(param)
+        # Created on demand, so a group switched to amsgrad later starts at zero.
+        if group["amsgrad"] and "max_exp_avg_sq" not in state:
+            state["max_exp_avg_sq"] = torch.zeros_like(param)
         step = state["step"] + 1
         beta1, beta2 = group["betas"]
-        self._kernel(
+        kernel = adamw_step if group["decoupled_weight_decay"] else adam_step
+        kernel(
             param,
             grad,
             state["exp_avg"],
             state["exp_avg_sq"],
+            state.get("max_exp_avg_sq"),
             step=step,
             lr=group["lr"],
             beta1=beta1,
             beta2=beta2,
             eps=group["eps"],
             weight_decay=group["weight_decay"],
+            amsgrad=group["amsgrad"],
+            maximize=group["maximize"],
         )
         state["step"] = step
 
@@ -106,27 +142,55 @@ class AdamW(Adam):
         (Adam update with weight_decay = 0)
 
     The decay never passes through ``m`` or ``v``, so every weight shrinks by the same
-    factor whatever its gradient history. Everything else is as :class:`Adam`.
+    factor whatever its gradient history. Everything else is as :class:`Adam`; like
+    torch's AdamW, this is :class:`Adam` with ``decoupled_weight_decay=True``, which it
+    keeps even when it loads a state dict of an Adam.
 
     Args:
         params: Parameters or parameter-group dicts, as for any ``torch.optim`` optimizer.
-        lr (float): Learning rate, ``>= 0``.
+        lr (float | torch.Tensor): Learning rate, ``>= 0`` (a 1-element tensor too).
         betas (tuple[float, float]): ``(beta1, beta2)``, each in ``[0, 1)``.
         eps (float): Added to ``sqrt(v_hat)`` for stability, ``>= 0``.
         weight_decay (float): Decoupled decay coefficient ``lambda``, ``>= 0``.
+        amsgrad (bool): Normalize by the largest ``v`` so far.
+        maximize, foreach, capturable, differentiable, fused: as :class:`Adam`.
 
     Raises:
-        ValueError: An argument out of range, naming it.
+        ValueError: An argument out of range, or a refused option value, naming it.
+        TypeError: A flag that is not a bool.
     """
-
-    _kernel = staticmethod(adamw_step)
 
     def __init__(
         self,
         params,
-        lr: float = 1e-3,
+        lr: float | torch.Tensor = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
     ) -> None:
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        super().__init__(
+            params,
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            foreach=foreach,
+            maximize=maximize,
+            capturable=capturable,
+            differentiable=differentiable,
+            fused=fused,
+            decoupled_weight_decay=True,
+        )
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group["decoupled_weight_decay"] = True  # as torch.optim.AdamW.__setstate__

@@ -19,6 +19,7 @@ import torch
 
 from ._validate import (
     _check_adam_args,
+    _check_flag,
     _check_rmsprop_args,
     _check_sgd_args,
     _check_step,
@@ -39,11 +40,13 @@ def sgd_step(
     weight_decay: float = 0.0,
     nesterov: bool = False,
     first_step: bool = False,
+    maximize: bool = False,
 ) -> None:
     """One step of SGD with (Nesterov) momentum, in place, as ``torch.optim.SGD``.
 
     Pseudo-code (``g`` is the gradient, ``v`` the momentum buffer)::
 
+        g <- -g                                 if maximize: ascend instead
         g <- g + weight_decay * theta                   # L2 penalty, coupled into g
         v <- g                                  on the first step
         v <- momentum * v + (1 - dampening) * g on later steps
@@ -66,6 +69,7 @@ def sgd_step(
         nesterov (bool): Use Nesterov momentum; needs ``momentum > 0`` and
             ``dampening == 0``.
         first_step (bool): Whether ``momentum_buffer`` is fresh (initialize it with ``g``).
+        maximize (bool): Ascend the objective (step along ``+grad``) instead of descending.
 
     Raises:
         ValueError: Negative ``lr``/``momentum``/``weight_decay``, invalid Nesterov
@@ -73,10 +77,13 @@ def sgd_step(
         TypeError: Non-float or sparse tensors.
     """
     _check_sgd_args(lr, momentum, dampening, weight_decay, nesterov)
+    _check_flag("maximize", maximize)
     _check_tensors(param, grad, momentum_buffer=momentum_buffer)
     if momentum != 0 and momentum_buffer is None:
         raise ValueError("momentum_buffer must be a tensor shaped like param when momentum != 0")
 
+    if maximize:
+        grad = -grad
     if weight_decay != 0:
         grad = grad.add(param, alpha=weight_decay)  # out of place: the caller's grad stays
     if momentum != 0:
@@ -101,11 +108,13 @@ def rmsprop_step(
     weight_decay: float = 0.0,
     momentum: float = 0.0,
     centered: bool = False,
+    maximize: bool = False,
 ) -> None:
     """One step of RMSprop, in place, as ``torch.optim.RMSprop``.
 
     Pseudo-code (``g`` gradient, ``v`` the running mean of ``g^2``)::
 
+        g <- -g                                     if maximize: ascend instead
         g <- g + weight_decay * theta
         v <- alpha * v + (1 - alpha) * g^2
         if centered:                                # divide by a std estimate instead
@@ -134,12 +143,15 @@ def rmsprop_step(
         momentum (float): Momentum factor, ``>= 0``.
         centered (bool): Normalize by the estimated variance instead of the raw second
             moment.
+        maximize (bool): Ascend the objective (step along ``+grad``) instead of descending.
 
     Raises:
         ValueError: A negative hyperparameter, mismatched shapes or a missing state tensor.
         TypeError: Non-float or sparse tensors.
     """
     _check_rmsprop_args(lr, alpha, eps, weight_decay, momentum)
+    _check_flag("centered", centered)
+    _check_flag("maximize", maximize)
     _check_tensors(
         param, grad, square_avg=square_avg, grad_avg=grad_avg, momentum_buffer=momentum_buffer
     )
@@ -148,6 +160,8 @@ def rmsprop_step(
     if momentum > 0 and momentum_buffer is None:
         raise ValueError("momentum_buffer must be a tensor shaped like param when momentum > 0")
 
+    if maximize:
+        grad = -grad
     if weight_decay != 0:
         grad = grad.add(param, alpha=weight_decay)
     square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
@@ -169,6 +183,7 @@ def adam_step(
     grad: torch.Tensor,
     exp_avg: torch.Tensor,
     exp_avg_sq: torch.Tensor,
+    max_exp_avg_sq: torch.Tensor | None = None,
     *,
     step: int,
     lr: float,
@@ -176,14 +191,18 @@ def adam_step(
     beta2: float = 0.999,
     eps: float = 1e-8,
     weight_decay: float = 0.0,
+    amsgrad: bool = False,
+    maximize: bool = False,
 ) -> None:
     """One step of Adam with coupled L2 weight decay, in place, as ``torch.optim.Adam``.
 
     Pseudo-code (``t = step`` counts updates from 1)::
 
+        g <- -g                                     if maximize: ascend instead
         g <- g + weight_decay * theta               # L2: the penalty's gradient enters m, v
         m <- beta1 * m + (1 - beta1) * g
         v <- beta2 * v + (1 - beta2) * g^2
+        v_max <- max(v_max, v)                      # amsgrad only: then v_max replaces v
         m_hat <- m / (1 - beta1^t)                  # bias corrections
         v_hat <- v / (1 - beta2^t)
         theta <- theta - lr * m_hat / (sqrt(v_hat) + eps)
@@ -198,6 +217,8 @@ def adam_step(
         grad (torch.Tensor): Its gradient, same shape; not modified.
         exp_avg (torch.Tensor): ``m``, same shape, zeros before the first step.
         exp_avg_sq (torch.Tensor): ``v``, same shape, zeros before the first step.
+        max_exp_avg_sq (torch.Tensor | None): ``v_max``, needed when ``amsgrad``, zeros
+            before the first step.
         step (int): ``t``, the number of this update counting from 1: the optimizer
             increments its counter before calling, so the first step uses ``t = 1``.
         lr (float): Learning rate, ``>= 0``.
@@ -206,23 +227,38 @@ def adam_step(
         eps (float): Added to ``sqrt(v_hat)`` for stability, ``>= 0``.
         weight_decay (float): L2 penalty coefficient, ``>= 0``; for decoupled weight
             decay use :func:`adamw_step`.
+        amsgrad (bool): Normalize by the largest ``v`` so far (AMSGrad).
+        maximize (bool): Ascend the objective (step along ``+grad``) instead of descending.
 
     Raises:
-        ValueError: A hyperparameter out of range, ``step < 1`` or mismatched shapes.
+        ValueError: A hyperparameter out of range, ``step < 1``, mismatched shapes or a
+            missing ``max_exp_avg_sq``.
         TypeError: Non-float or sparse tensors, or a non-integer ``step``.
     """
     _check_adam_args(lr, beta1, beta2, eps, weight_decay)
     _check_step(step)
-    _check_tensors(param, grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
+    _check_flag("amsgrad", amsgrad)
+    _check_flag("maximize", maximize)
+    _check_tensors(
+        param, grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq, max_exp_avg_sq=max_exp_avg_sq
+    )
+    if amsgrad and max_exp_avg_sq is None:
+        raise ValueError("max_exp_avg_sq must be a tensor shaped like param when amsgrad=True")
 
+    if maximize:
+        grad = -grad
     if weight_decay != 0:
         grad = grad.add(param, alpha=weight_decay)
     exp_avg.lerp_(grad, 1 - beta1)  # = beta1 * m + (1 - beta1) * g, rounded as torch
     exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    second_moment = exp_avg_sq
+    if amsgrad:  # normalize by the largest v so far
+        torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+        second_moment = max_exp_avg_sq
 
     bias_correction1 = 1 - beta1**step
     bias_correction2 = 1 - beta2**step
-    denom = (exp_avg_sq.sqrt() / bias_correction2**0.5).add_(eps)  # sqrt(v_hat) + eps
+    denom = (second_moment.sqrt() / bias_correction2**0.5).add_(eps)  # sqrt(v_hat) + eps
     param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)  # lr * m_hat / denom
 
 
@@ -231,6 +267,7 @@ def adamw_step(
     grad: torch.Tensor,
     exp_avg: torch.Tensor,
     exp_avg_sq: torch.Tensor,
+    max_exp_avg_sq: torch.Tensor | None = None,
     *,
     step: int,
     lr: float,
@@ -238,6 +275,8 @@ def adamw_step(
     beta2: float = 0.999,
     eps: float = 1e-8,
     weight_decay: float = 1e-2,
+    amsgrad: bool = False,
+    maximize: bool = False,
 ) -> None:
     """One step of AdamW (decoupled weight decay), in place, as ``torch.optim.AdamW``.
 
@@ -254,21 +293,44 @@ def adamw_step(
         grad (torch.Tensor): Its gradient, same shape; not modified.
         exp_avg (torch.Tensor): ``m``, same shape, zeros before the first step.
         exp_avg_sq (torch.Tensor): ``v``, same shape, zeros before the first step.
+        max_exp_avg_sq (torch.Tensor | None): ``v_max``, needed when ``amsgrad``.
         step (int): ``t``, counting from 1, as in :func:`adam_step`.
         lr (float): Learning rate, ``>= 0``.
         beta1 (float): Decay of ``m``, in ``[0, 1)``.
         beta2 (float): Decay of ``v``, in ``[0, 1)``.
         eps (float): Added to ``sqrt(v_hat)`` for stability, ``>= 0``.
         weight_decay (float): The decoupled decay coefficient ``lambda``, ``>= 0``.
+        amsgrad (bool): Normalize by the largest ``v`` so far (AMSGrad).
+        maximize (bool): Ascend the objective (step along ``+grad``) instead of descending.
 
     Raises:
-        ValueError: A hyperparameter out of range, ``step < 1`` or mismatched shapes.
+        ValueError: A hyperparameter out of range, ``step < 1``, mismatched shapes or a
+            missing ``max_exp_avg_sq``.
         TypeError: Non-float or sparse tensors, or a non-integer ``step``.
     """
     # Check everything before touching param, so a bad call leaves it unchanged.
     _check_adam_args(lr, beta1, beta2, eps, weight_decay)
     _check_step(step)
-    _check_tensors(param, grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
+    _check_flag("amsgrad", amsgrad)
+    _check_flag("maximize", maximize)
+    _check_tensors(
+        param, grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq, max_exp_avg_sq=max_exp_avg_sq
+    )
+    if amsgrad and max_exp_avg_sq is None:
+        raise ValueError("max_exp_avg_sq must be a tensor shaped like param when amsgrad=True")
     if weight_decay != 0:
         param.mul_(1 - lr * weight_decay)
-    adam_step(param, grad, exp_avg, exp_avg_sq, step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps)
+    adam_step(
+        param,
+        grad,
+        exp_avg,
+        exp_avg_sq,
+        max_exp_avg_sq,
+        step=step,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        amsgrad=amsgrad,
+        maximize=maximize,
+    )

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from ._base import KernelOptimizer
-from ._validate import _check_rmsprop_args
+from ._validate import _check_flag, _check_rmsprop_args
 from .kernels import rmsprop_step
 
 
@@ -16,7 +16,8 @@ class RMSprop(KernelOptimizer):
 
     The update of each parameter is :func:`~npfl_lib.optim.kernels.rmsprop_step`::
 
-        g <- grad + weight_decay * theta
+        g <- -grad if maximize else grad
+        g <- g + weight_decay * theta
         v <- alpha * v + (1 - alpha) * g^2
         theta <- theta - lr * g / (sqrt(v) + eps)      # eps outside the sqrt
 
@@ -26,32 +27,42 @@ class RMSprop(KernelOptimizer):
 
     Args:
         params: Parameters or parameter-group dicts, as for any ``torch.optim`` optimizer.
-        lr (float): Learning rate, ``>= 0``.
+        lr (float | torch.Tensor): Learning rate, ``>= 0`` (a 1-element tensor too).
         alpha (float): Smoothing constant of the running averages, ``>= 0``.
         eps (float): Added to the square root for stability, ``>= 0``.
         weight_decay (float): L2 penalty coefficient added to the gradient, ``>= 0``.
         momentum (float): Momentum factor, ``>= 0``.
         centered (bool): Normalize by the estimated variance of the gradient.
+        capturable, foreach, differentiable: torch's implementation choices, accepted
+            only at the value npfl_lib implements (``foreach``: ``None`` or ``False``;
+            the others ``False``); see :class:`~npfl_lib.optim._base.KernelOptimizer`.
+        maximize (bool): Ascend the objective instead of descending it.
 
     State per parameter (torch's keys): ``"step"`` (an ``int``, counted although the
     update does not use it), ``"square_avg"``, and ``"momentum_buffer"`` /
     ``"grad_avg"`` when momentum / centering is on; all start at zero.
 
     Raises:
-        ValueError: An argument out of range, naming it.
+        ValueError: An argument out of range, or a refused option value, naming it.
+        TypeError: A flag that is not a bool.
     """
+
+    _fixed_options = ("capturable", "foreach", "differentiable")
 
     def __init__(
         self,
         params,
-        lr: float = 1e-2,
+        lr: float | torch.Tensor = 1e-2,
         alpha: float = 0.99,
         eps: float = 1e-8,
         weight_decay: float = 0,
         momentum: float = 0,
         centered: bool = False,
+        capturable: bool = False,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        differentiable: bool = False,
     ) -> None:
-        _check_rmsprop_args(lr, alpha, eps, weight_decay, momentum)
         defaults = {
             "lr": lr,
             "alpha": alpha,
@@ -59,13 +70,20 @@ class RMSprop(KernelOptimizer):
             "weight_decay": weight_decay,
             "momentum": momentum,
             "centered": centered,
+            "capturable": capturable,
+            "foreach": foreach,
+            "maximize": maximize,
+            "differentiable": differentiable,
         }
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
+        super()._check_group(group)
         _check_rmsprop_args(
             group["lr"], group["alpha"], group["eps"], group["weight_decay"], group["momentum"]
         )
+        _check_flag("centered", group["centered"])
+        _check_flag("maximize", group["maximize"])
 
     def _update(
         self, param: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], group: dict[str, Any]
@@ -90,5 +108,6 @@ class RMSprop(KernelOptimizer):
             weight_decay=group["weight_decay"],
             momentum=group["momentum"],
             centered=group["centered"],
+            maximize=group["maximize"],
         )
         state["step"] += 1
