@@ -180,7 +180,7 @@ def load_course(course_dir: str | os.PathLike | None = None, log_level: int = lo
     return Course(directory, app)
 
 
-def _converter_result(converter) -> tuple[bool, str]:
+def run_converter(converter) -> tuple[bool, str]:
     """Runs an nbgrader converter as ``NbGraderAPI`` does: (success, log and error)."""
     from nbgrader.utils import capture_log
 
@@ -188,7 +188,8 @@ def _converter_result(converter) -> tuple[bool, str]:
     return bool(result["success"]), (result.get("log", "") + result.get("error", "")).strip()
 
 
-def _coursedir(course: Course, assignment: str):
+def assignment_coursedir(course: Course, assignment: str):
+    """nbgrader's ``CourseDirectory`` of ``course`` with ``assignment_id`` set."""
     from nbgrader.coursedir import CourseDirectory
 
     coursedir = CourseDirectory(parent=course.app)
@@ -205,9 +206,10 @@ def generate_assignment(course: Course, assignment: str, force: bool = False) ->
     """
     from nbgrader.converters import GenerateAssignment
 
-    converter = GenerateAssignment(coursedir=_coursedir(course, assignment), parent=course.app)
+    coursedir = assignment_coursedir(course, assignment)
+    converter = GenerateAssignment(coursedir=coursedir, parent=course.app)
     converter.force, converter.create_assignment = force, True
-    return _converter_result(converter)
+    return run_converter(converter)
 
 
 def export_csv(course: Course, path: str | os.PathLike) -> Path:

@@ -483,12 +483,13 @@ def generate_feedback(course: Course, assignment: str, force: bool = True) -> tu
     from nbgrader.converters import GenerateFeedback
     from traitlets.config import Config
 
-    from npfl_course.course import _converter_result, _coursedir
+    from npfl_course.course import assignment_coursedir, run_converter
 
-    converter = GenerateFeedback(coursedir=_coursedir(course, assignment), parent=course.app)
+    coursedir = assignment_coursedir(course, assignment)
+    converter = GenerateFeedback(coursedir=coursedir, parent=course.app)
     config = Config()
     config.HTMLExporter.template_name = "feedback"  # as NbGraderAPI.generate_feedback does
     converter.update_config(config)
     converter.preprocessors = feedback_preprocessors(converter.preprocessors)
     converter.force = force
-    return _converter_result(converter)
+    return run_converter(converter)
