@@ -383,6 +383,21 @@ def svg_is_inert(svg: str) -> bool:
     return True
 
 
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+_MODEL_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
+
+
+def _widget_view(value) -> dict | None:
+    """A widget-view output's model reference, rebuilt from its plain fields, or None."""
+    if not isinstance(value, dict) or not _MODEL_ID.fullmatch(str(value.get("model_id"))):
+        return None
+    kept = {"model_id": value["model_id"]}
+    for key in ("version_major", "version_minor"):
+        if isinstance(value.get(key), int) and not isinstance(value.get(key), bool):
+            kept[key] = value[key]
+    return kept
+
+
 def _sanitize_outputs(outputs) -> None:
     for output in outputs:
         if output.output_type not in ("execute_result", "display_data"):
@@ -392,7 +407,11 @@ def _sanitize_outputs(outputs) -> None:
             value = data[mime]
             if mime in SAFE_OUTPUTS:
                 continue
-            if mime == "text/html" and isinstance(value, str):
+            if mime == WIDGET_VIEW and _widget_view(value) is not None:
+                # A reference to a widget model, as stock nbgrader keeps it; without the
+                # notebook's widget state (removed below) nothing renders it.
+                data[mime] = _widget_view(value)
+            elif mime == "text/html" and isinstance(value, str):
                 safe, changed = sanitize_html(value)
                 if changed:
                     data[mime] = safe
