@@ -87,12 +87,17 @@ class _Server(http.server.BaseHTTPRequestHandler):
 
 
 # Writes 4 files of 400 MB of zeros into its folder, in chunks of 8 MiB.
+# Takes 4 x 400 MB of disk, 50 MB at a time. posix_fallocate takes real blocks without
+# writing them, so the test does not depend on the disk's speed (84 MB/s on a busy CI VM
+# would not reach the limit within the cell's 4 s); the pauses let the watchdog look.
 FILL_THE_DISK = textwrap.dedent("""
-    chunk = bytes(8 << 20)
+    import os, time
     for i in range(4):
         with open(f"big{i}", "wb") as f:
-            for _ in range(50):
-                f.write(chunk)
+            for step in range(8):
+                os.posix_fallocate(f.fileno(), step * (50 << 20), 50 << 20)
+                time.sleep(0.02)
+    time.sleep(3)
 """)
 # Builds a tree 1,500 folders deep with a file in each, step by step (PATH_MAX limits what
 # one call may name); shutil.rmtree of Python 3.11 recurses and fails on it.

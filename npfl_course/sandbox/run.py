@@ -338,14 +338,17 @@ def _run(argv, workdir, readonly, limits, env, bwrap) -> SandboxResult:
         folders = [workdir] if bwrap is not None else [workdir, tmp]
         devices = {os.stat(folder).st_dev for folder in folders}
         strays = bwrap is None and uid >= 0
+        # The workdir and the private tmp belong to the sandbox uid while it runs and may
+        # lie in /tmp themselves: they are measured once and are not strays.
+        own = {real_path(folder) for folder in folders}
         if strays:
-            cleanup.callback(_remove_owned, uid)
+            cleanup.callback(_remove_owned, uid, own)
 
         def watch_disk():
             pause = DISK_POLL_SECONDS
             while not finished.wait(pause):
                 began = time.monotonic()
-                used, problem = disk_usage(folders + (owned_entries(uid) if strays else []))
+                used, problem = disk_usage(folders + (_strays(uid, own) if strays else []))
                 if problem is None:
                     held, problem = deleted_file_bytes(proc.pid, uid, devices)
                     used += held
@@ -395,9 +398,14 @@ def _run(argv, workdir, readonly, limits, env, bwrap) -> SandboxResult:
     return result
 
 
-def _remove_owned(uid: int) -> None:
+def _strays(uid: int, own: set[str]) -> list[str]:
+    """What the sandbox uid put directly into the host's shared folders, but ``own``."""
+    return [path for path in owned_entries(uid) if real_path(path) not in own]
+
+
+def _remove_owned(uid: int, own: set[str]) -> None:
     """Removes what the sandbox uid left in the host's shared folders (no bubblewrap)."""
-    for path in owned_entries(uid):
+    for path in _strays(uid, own):
         _remove(path)
 
 
