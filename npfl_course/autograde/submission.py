@@ -14,14 +14,16 @@ from __future__ import annotations
 import os
 import stat
 
+from npfl_course.autograde.outcome import printable
+
 MAX_ENTRIES = 10_000  # a submission with more files than this is not inspected further
 MAX_DEPTH = 64  # deeper folders: nbgrader copies recursively (RecursionError at ~1000)
 
 
 def shown(name: str) -> str:
-    """``name`` safe to print: undecodable bytes and control characters as escapes."""
-    text = os.fsencode(name).decode("utf-8", "backslashreplace")
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    """``name`` safe to print: undecodable bytes as ``\\xNN`` (the byte, not Python's
+    surrogate), control characters escaped by :func:`printable`."""
+    return printable(os.fsencode(name).decode("utf-8", "backslashreplace"), one_line=True)
 
 
 def _describe(path: str, mode: int) -> str:
