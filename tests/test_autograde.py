@@ -513,3 +513,75 @@ def test_limits_and_jobs_come_from_nbgrader_config(generated, tmp_path):
     config.write_text(config.read_text() + "c.NpflAutograde.memory_mb = 10\n")
     with pytest.raises(Exception, match="memory_mb"):
         ag.Autograder(load_course(course_dir), "tiny")
+
+
+# Private names of the libraries we build on, with the reason each is still used.
+PRIVATE_USES_ALLOWED = {
+    "os._exit",  # the documented way to leave a forked or worker process at once
+    # nbclient's hooks for a cell timeout and display_id updates (no public counterpart)
+    "super()._async_handle_timeout",
+    "super()._update_display_id",
+}
+
+
+def test_nbgrader_is_driven_through_its_public_api():
+    """No private nbgrader name is called, overridden or patched (so its minor releases
+    cannot silently change our grades, and the pin can stay open)."""
+    import ast
+    import importlib
+    import inspect
+    import pkgutil
+
+    import npfl_course
+
+    used, patched = [], []
+    for path in sorted(Path(npfl_course.__file__).parent.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        imported = set()  # names bound to nbgrader's modules (or objects) by an import
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                imported |= {
+                    alias.asname or alias.name.split(".")[0]
+                    for alias in node.names
+                    if alias.name.startswith("nbgrader")
+                }
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("nbgrader"):
+                imported |= {alias.asname or alias.name for alias in node.names}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_"):
+                owner = node.value
+                if node.attr.startswith("__") or (
+                    isinstance(owner, ast.Name) and owner.id in ("self", "cls")
+                ):
+                    continue
+                if ast.unparse(node) not in PRIVATE_USES_ALLOWED:
+                    used.append(f"{path.name}:{node.lineno} {ast.unparse(node)}")
+            if isinstance(node, ast.Assign):
+                for target in node.targets:
+                    parts = target.elts if isinstance(target, ast.Tuple) else [target]
+                    for part in parts:
+                        if (
+                            isinstance(part, ast.Attribute)
+                            and isinstance(part.value, ast.Name)
+                            and part.value.id in imported
+                        ):
+                            patched.append(f"{path.name}:{node.lineno} {ast.unparse(part)}")
+    assert not used, f"private names of other modules used: {used}"
+    assert not patched, f"nbgrader's attributes assigned (monkeypatching): {patched}"
+
+    overridden = []
+    for info in pkgutil.walk_packages(npfl_course.__path__, "npfl_course."):
+        if info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        for _, cls in inspect.getmembers(module, inspect.isclass):
+            if cls.__module__ != module.__name__:
+                continue
+            for base in cls.__mro__[1:]:
+                if not base.__module__.startswith("nbgrader"):
+                    continue
+                for name, value in vars(cls).items():
+                    own = inspect.isfunction(value) or isinstance(value, property)
+                    if own and name[:1] == "_" and name[:2] != "__" and hasattr(base, name):
+                        overridden.append(f"{cls.__qualname__}.{name} (of {base.__qualname__})")
+    assert not overridden, f"private nbgrader methods overridden: {overridden}"

@@ -6,7 +6,7 @@ through nbgrader's ``Autograde`` converter in three phases:
 
 1. *prepare* (main thread): nbgrader's ``init_destination`` / ``init_assignment`` (student
    and submission in the gradebook, timestamps, files copied from the source) and its
-   sanitizing preprocessors (``ClearOutput``, ``DeduplicateIds``, ``OverwriteKernelspec``,
+   sanitizing preprocessors (``c.Autograde.sanitize_preprocessors``: ``ClearOutput``, ``DeduplicateIds``, ``OverwriteKernelspec``,
    ``OverwriteCells``, ``CheckCellMetadata``), writing ``autograded/<student>/<assignment>/``.
    Before ``OverwriteCells``, :class:`RestoreCells` undoes what students do to cells
    (nbgrader's issues #1682, #1083, #1941): nbgrader metadata edited, locked or test
@@ -22,13 +22,18 @@ through nbgrader's ``Autograde`` converter in three phases:
    the notebook time limit) keeps the outputs of the cells it finished; the others get
    a ``DeadKernelError`` saying why.
 3. *save* (main thread, the only writer to the gradebook): the rest of nbgrader's
-   autograde preprocessors (``IgnorePattern``, ``ClearMetadataPreprocessor``,
+   autograde preprocessors (``c.Autograde.autograde_preprocessors`` without ``Execute``:
+   ``IgnorePattern``, ``ClearMetadataPreprocessor``,
    ``LimitOutput``, ``SaveAutoGrades``, ``AssignLatePenalties``, ``CheckCellMetadata``),
    then nbgrader's permissions and post-convert hook.
 
 The gradebook is whatever ``CourseDirectory.db_url`` names (SQLite or Postgres). As with
 nbgrader, a submission already in ``autograded/`` is skipped unless ``force`` is set or
 it was resubmitted (a newer ``timestamp.txt``), so running again is idempotent.
+Only nbgrader's public API is used (the converter's public methods and configurable
+preprocessor lists, the gradebook, ``CourseDirectory``): no private name is called,
+overridden or patched (``tests/test_autograde.py`` checks it), so nbgrader is not pinned
+below its next minor release.
 
 The parts: :mod:`npfl_course.autograde.restore` (phase 1's ``RestoreCells`` and reading
 submissions), :mod:`npfl_course.autograde.converter` (nbgrader's converter, phase by

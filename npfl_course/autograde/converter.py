@@ -1,82 +1,93 @@
-"""nbgrader's Autograde converter, driven one submission and one phase at a time.
+"""nbgrader's Autograde converter, driven one submission and one phase at a time,
+through nbgrader's public API only.
 
-:class:`Converter` registers the sanitizing preprocessors (with :class:`RestoreCells`)
-or the grading ones (without execution, which the sandbox does); :func:`faster_nbgrader`
-caches what nbgrader rebuilds for every submission; :class:`NoteHandler` turns
-nbgrader's warnings into notes.
+nbgrader's ``Autograde.convert_single_notebook`` runs both of its phases (sanitize,
+then execute and grade) on one notebook in one go; we need the sanitized notebook,
+then our sandboxed execution, then nbgrader's grading. :class:`Phases` gives each phase
+its own exporter, built from the converter's public, configurable lists
+``Autograde.sanitize_preprocessors`` (plus :class:`RestoreCells`) and
+``Autograde.autograde_preprocessors`` (without the execution step, which the sandbox
+does), and drives them with ``init_single_notebook_resources`` and
+``write_single_notebook``, as ``BaseConverter.convert_single_notebook`` does.
+:class:`NoteHandler` turns nbgrader's warnings into notes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import types
-from collections.abc import Iterator
+import os
+from pathlib import Path
 
 from nbconvert.preprocessors import ExecutePreprocessor
 from nbgrader.converters import Autograde
 from nbgrader.preprocessors import DeduplicateIds
+from traitlets.utils.importstring import import_item
 
 from npfl_course.autograde.restore import RestoreCells
 
 
-class Converter(Autograde):
-    """nbgrader's Autograde converter, driven one submission and one phase at a time."""
+class Phases:
+    """nbgrader's two autograde phases for one submission, each with its own exporter.
 
-    def _init_preprocessors(self) -> None:
-        self.exporter._preprocessors = []
-        if self._sanitizing:
-            steps = list(self.sanitize_preprocessors)
-            after = [i + 1 for i, step in enumerate(steps) if issubclass(step, DeduplicateIds)]
-            steps.insert(after[0] if after else 0, RestoreCells)
-        else:  # the notebook was executed in the sandbox already
-            steps = [s for s in self.autograde_preprocessors if not _is_execute(s)]
-        for step in steps:
-            self.exporter.register_preprocessor(step)
-
-
-def _is_execute(step) -> bool:
-    return isinstance(step, type) and issubclass(step, ExecutePreprocessor)
-
-
-@contextlib.contextmanager
-def faster_nbgrader() -> Iterator[None]:
-    """Two caches for what nbgrader rebuilds for every submission, inside the block.
-
-    nbgrader opens a new ``Gradebook`` (a new SQLAlchemy engine, whose SQL it then
-    compiles afresh) a dozen times per submission, and validates cell metadata with
-    ``jsonschema.validate``, which checks the schema itself every time. Here one engine
-    per database URL is reused and the validator is built once; the results are the same.
+    Args:
+        converter (Autograde): nbgrader's converter for the submission (its
+            ``coursedir`` names the assignment and student; its ``writer`` is set).
     """
-    import jsonschema
-    from nbgrader import api
-    from nbgrader.nbgraderformat import common
 
-    engines: dict[tuple, object] = {}
-    validators: dict[int, object] = {}
-    create = api.create_engine
+    def __init__(self, converter: Autograde) -> None:
+        self.converter = converter
+        folders = converter.coursedir
+        student, assignment = folders.student_id, folders.assignment_id
+        self.source = Path(folders.format_path(folders.submitted_directory, student, assignment))
+        self.dest = Path(folders.format_path(folders.autograded_directory, student, assignment))
+        steps = [_class(step) for step in converter.sanitize_preprocessors]
+        after = [i + 1 for i, step in enumerate(steps) if _is_subclass(step, DeduplicateIds)]
+        steps.insert(after[0] if after else 0, RestoreCells)
+        self._sanitizer = self._exporter(steps)
+        self._grader = self._exporter(
+            [
+                step
+                for step in map(_class, converter.autograde_preprocessors)
+                if not _is_subclass(step, ExecutePreprocessor)
+            ]
+        )
 
-    def create_engine(url, *args, **kwargs):
-        key = (str(url), *args, *sorted(kwargs.items()))
-        if key not in engines:
-            engines[key] = create(url, *args, **kwargs)
-        return engines[key]
+    def _exporter(self, steps: list):
+        converter = self.converter
+        exporter = converter.exporter_class(parent=converter, config=converter.config)
+        for step in steps:
+            exporter.register_preprocessor(step)
+        return exporter
 
-    def validate(instance, schema):
-        if id(schema) not in validators:
-            validators[id(schema)] = jsonschema.validators.validator_for(schema)(schema)
-        error = jsonschema.exceptions.best_match(validators[id(schema)].iter_errors(instance))
-        if error is not None:
-            raise error
+    def resources(self, name: str) -> dict:
+        """nbgrader's resources for notebook ``name`` of this submission."""
+        return self.converter.init_single_notebook_resources(str(self.source / f"{name}.ipynb"))
 
-    cached = types.SimpleNamespace(**{**vars(jsonschema), "validate": validate})
-    api.create_engine, common.jsonschema = create_engine, cached
-    try:
-        yield
-    finally:
-        api.create_engine, common.jsonschema = create, jsonschema
-        for engine in engines.values():
-            engine.dispose()
+    def sanitize(self, notebook, name: str, **extra) -> tuple[str, dict]:
+        """Phase 1: ``notebook`` (a NotebookNode) sanitized, written to the autograded folder.
+
+        ``extra`` goes into the resources (for :class:`RestoreCells`). Returns the JSON
+        written and the resources after the preprocessors.
+        """
+        resources = {**self.resources(name), **extra}
+        output, resources = self._sanitizer.from_notebook_node(notebook, resources=resources)
+        self.converter.write_single_notebook(output, resources)
+        return output, resources
+
+    def grade(self, name: str) -> None:
+        """Phase 3: nbgrader's grading steps on the executed ``autograded/.../name.ipynb``."""
+        path = os.fspath(self.dest / f"{name}.ipynb")
+        output, resources = self._grader.from_filename(path, resources=self.resources(name))
+        self.converter.write_single_notebook(output, resources)
+
+
+def _class(step):
+    """A preprocessor as configured (a class, or its dotted name as config files give it)."""
+    return import_item(step) if isinstance(step, str) else step
+
+
+def _is_subclass(step, base: type) -> bool:
+    return isinstance(step, type) and issubclass(step, base)
 
 
 class NoteHandler(logging.Handler):

@@ -27,10 +27,10 @@ import nbformat
 import nbformat.warnings
 from nbconvert.writers import FilesWriter
 from nbgrader.api import MissingEntry
-from nbgrader.converters import BaseConverter, NbGraderException
+from nbgrader.converters import Autograde, NbGraderException
 from nbgrader.coursedir import CourseDirectory
 
-from npfl_course.autograde.converter import Converter, NoteHandler, faster_nbgrader
+from npfl_course.autograde.converter import NoteHandler, Phases
 from npfl_course.autograde.merge import (
     death_reason,
     fail_all,
@@ -68,13 +68,18 @@ class _Job:
     """One submission on its way through the three phases."""
 
     student: str
-    converter: Converter
-    dest: Path
+    converter: Autograde
+    phases: Phases
     prepared: dict[str, str] = field(default_factory=dict)  # notebook -> sanitized JSON
     unreadable: dict[str, str] = field(default_factory=dict)  # notebook -> why, not run
     results: dict[str, tuple] = field(default_factory=dict)  # notebook -> (executed, result)
     notes: list[str] = field(default_factory=list)
     start: float = field(default_factory=time.monotonic)
+
+    @property
+    def dest(self) -> Path:
+        """``autograded/<student>/<assignment>/``."""
+        return self.phases.dest
 
 
 class Autograder:
@@ -167,26 +172,27 @@ class Autograder:
     def prepare(self, student: str) -> _Job | Outcome:
         """Phase 1 for one submission: a job to execute, or the outcome if none is needed."""
         coursedir = self._coursedir(student)
-        converter = Converter(coursedir=coursedir, parent=self.course.app)
+        converter = Autograde(coursedir=coursedir, parent=self.course.app)
+        # as Autograde.start() sets them up (init_destination asks the exporter)
         converter.writer = FilesWriter(parent=converter, config=converter.config)
         converter.exporter = converter.exporter_class(parent=converter, config=converter.config)
-        dest = Path(converter._format_dest(self.assignment, student))
+        phases = Phases(converter)
+        source, dest = phases.source, phases.dest
         converter.force = self.force or (dest / PENDING).exists()
         excluded = coursedir.student_id_exclude.split(",") if coursedir.student_id_exclude else []
         if student in excluded:
             return Outcome(student, "skipped", notes=["excluded by student_id_exclude"])
-        source = converter._format_source(self.assignment, student)
         problem = student_id_problem(student)
         if problem is not None:
             why = f"not graded: '{shown(student)}' is not a valid student id: {problem}"
             return Outcome(student, "failed", notes=[why])
-        problem = link_problem(source, str(self.course.root))
+        problem = link_problem(str(source), str(self.course.root))
         if problem is not None:
             return Outcome(student, "failed", notes=[f"not graded: {problem}"])
         converter.notebooks = sorted(glob.glob(os.path.join(glob.escape(source), "*.ipynb")))
         if not converter.init_destination(self.assignment, student):
             return Outcome(student, "skipped", notes=["already autograded (--force grades again)"])
-        job = _Job(student, converter, dest)
+        job = _Job(student, converter, phases)
         handler = NoteHandler()
         self.course.app.log.addHandler(handler)
         try:
@@ -213,8 +219,7 @@ class Autograder:
         for name in names:
             path = submitted.get(name)
             if path is None:
-                folder = converter._format_source(self.assignment, student)
-                found = ", ".join(sorted(os.listdir(folder))) or "nothing"
+                found = ", ".join(sorted(os.listdir(job.phases.source))) or "nothing"
                 self._placeholder(job, name, f"no {name}.ipynb was submitted (found: {found})")
                 continue
             try:
@@ -222,24 +227,18 @@ class Autograder:
             except ValueError as exc:
                 self._placeholder(job, name, f"{name}.ipynb could not be read: {exc}")
                 continue
-            job.prepared[name] = self._sanitize(job, notebook, path)
+            job.prepared[name] = self._sanitize(job, notebook, name)
 
-    def _sanitize(self, job: _Job, notebook, path: str) -> str:
-        converter = job.converter
-        converter._sanitizing = True
-        converter._init_preprocessors()
-        resources = converter.init_single_notebook_resources(path)
-        resources["npfl_reference"] = self._reference(Path(path).stem)
-        output, resources = converter.exporter.from_notebook_node(notebook, resources=resources)
-        converter.write_single_notebook(output, resources)
+    def _sanitize(self, job: _Job, notebook, name: str) -> str:
+        reference = self._reference(name)
+        output, resources = job.phases.sanitize(notebook, name, npfl_reference=reference)
         job.notes += resources.get("npfl_notes", [])  # nbconvert works on a copy of resources
         return output
 
     def _placeholder(self, job: _Job, name: str, reason: str) -> None:
         """The released notebook stands in for an unreadable or missing one; all fail."""
         reference = self._reference(name) or nbformat.v4.new_notebook()
-        source = job.converter._format_source(self.assignment, job.student)
-        job.prepared[name] = self._sanitize(job, reference, os.path.join(source, f"{name}.ipynb"))
+        job.prepared[name] = self._sanitize(job, reference, name)
         job.unreadable[name] = reason
         job.notes.append(reason)
 
@@ -298,9 +297,7 @@ class Autograder:
                     outcome.notes.append(f"{name}: {death_reason(result, self.limits)}")
             path = job.dest / f"{name}.ipynb"
             nbformat.write(notebook, path)
-            converter._sanitizing = False
-            converter._init_preprocessors()
-            BaseConverter.convert_single_notebook(converter, str(path))
+            job.phases.grade(name)
             graded = nbformat.read(path, as_version=4)
             # The formgrader renders this file with the instructor's session: no student
             # HTML, script or link may be active in it (the gradebook is already saved).
@@ -381,7 +378,6 @@ class Autograder:
         warnings.simplefilter("ignore", nbformat.warnings.MissingIDFieldWarning)
         warnings.filterwarnings("ignore", module="sqlalchemy")  # nbgrader's autoflush noise
         warnings.filterwarnings("ignore", message=".*not in session", module="nbgrader")
-        context.enter_context(faster_nbgrader())
         try:
             while queue or pending:
                 while queue and len(pending) < 2 * self.jobs:  # prepare a little ahead
