@@ -1,18 +1,19 @@
 """Phase 3 of autograding: the worker's executed outputs, merged into the prepared notebook.
 
-Only outputs, execution counts and timings are taken from the worker's notebook (whose
-file the submission could write to); code cells the worker did not run fail with a
-``DeadKernelError`` saying why (:func:`death_reason`).
+Only outputs, execution counts and timings are taken from the worker's notebook (from
+its :class:`~npfl_course.worker.ResultChannel`, which the submission cannot write); code
+cells the worker did not run fail with a ``DeadKernelError`` saying why
+(:func:`death_reason`).
 
-Since the submission can write that file, it is read as hostile input, in time and memory
-linear in its size. :func:`read_executed` counts before it parses: more than
+The outputs in it come from the student's kernel, so it is read as hostile input, in
+time and memory linear in its size. :func:`parse_executed` counts before it parses: more than
 MAX_EXECUTED_BYTES bytes or MAX_EXECUTED_VALUES JSON values are not parsed (a 64 MiB file
 of ``{},`` would take 1.8 GB as Python objects), and :func:`merge` fails every code cell
 with an ``OutputError`` saying why. :func:`merge` rebuilds each output from the fields
 nbformat allows, checking their types itself (nbformat's validator takes a millisecond
 per output), and holds each cell to the bounds the worker keeps (MAX_OUTPUTS and the rest,
 :mod:`npfl_course.worker.protocol`): a cell beyond one keeps the outputs within the bounds
-and fails with an ``OutputError``, since only a forged file gets there, and dropping an
+and fails with an ``OutputError``, since only a broken worker gets there, and dropping an
 error or a stderr output silently would turn a failed test into a passed one.
 """
 
@@ -20,14 +21,11 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import stat
-from pathlib import Path
 
 import nbformat
 
 from npfl_course.sandbox import Limits, SandboxResult
-from npfl_course.worker import EXIT_INTERNAL, META_KEY, is_trusted
+from npfl_course.worker import EXIT_INTERNAL, META_KEY, ResultChannel, is_trusted
 from npfl_course.worker.protocol import (
     MAX_ERROR_CHARS,
     MAX_NOTEBOOK_OUTPUTS,
@@ -54,23 +52,27 @@ def _error(ename: str, evalue: str) -> nbformat.NotebookNode:
                                   traceback=[f"{ename}: {evalue}"])  # fmt: skip
 
 
-def read_executed(path: Path) -> dict | None:
-    """The worker's output notebook, parsed, or why it was not.
+def read_executed(channel: ResultChannel) -> dict | None:
+    """The worker's output notebook from its result channel, parsed, or why it was not.
+
+    Returns:
+        dict | None: See :func:`parse_executed`; None also when the worker stored nothing.
+    """
+    try:
+        data = channel.read(MAX_EXECUTED_BYTES)
+    except ValueError as exc:
+        return _rejected(str(exc))
+    return None if data is None else parse_executed(data)
+
+
+def parse_executed(data: bytes) -> dict | None:
+    """The worker's output notebook, parsed as hostile input, or why it was not.
 
     Returns:
         dict | None: The notebook (a wrongly typed ``metadata`` or ``npfl_execute`` is left
-        out); None if it is missing, a link, not a regular file, not JSON or not a notebook;
-        ``{"cells": None, REJECTED: why}`` if it exceeds MAX_EXECUTED_BYTES or
-        MAX_EXECUTED_VALUES or nests too deeply to parse (only a forged file does).
+        out); None if it is not JSON or not a notebook; ``{"cells": None, REJECTED: why}``
+        if it exceeds MAX_EXECUTED_BYTES or MAX_EXECUTED_VALUES or nests too deeply to parse.
     """
-    try:  # O_NONBLOCK: a named pipe would block the open until someone writes to it
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return None
-    with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        data = handle.read(MAX_EXECUTED_BYTES + 1)
     if len(data) > MAX_EXECUTED_BYTES:
         return _rejected(f"it is larger than {MAX_EXECUTED_BYTES >> 20} MiB")
     if data.count(b",") + data.count(b"{") + data.count(b"[") > MAX_EXECUTED_VALUES:

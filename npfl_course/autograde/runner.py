@@ -31,6 +31,14 @@ from nbgrader.converters import Autograde, NbGraderException
 from nbgrader.coursedir import CourseDirectory
 
 from npfl_course.autograde.converter import NoteHandler, Phases
+from npfl_course.autograde.execution import (
+    Executed,
+    Execution,
+    SubmissionTooLargeError,
+    submission_files,
+    worker_input,
+    write_files,
+)
 from npfl_course.autograde.merge import (
     death_reason,
     fail_all,
@@ -44,9 +52,17 @@ from npfl_course.autograde.settings import NpflAutograde
 from npfl_course.autograde.submission import link_problem, shown
 from npfl_course.course import Course, student_id_problem
 from npfl_course.feedback import sanitize_student_content
-from npfl_course.sandbox import INSTALL_HINT, Limits, isolation, remove_tree, run_sandboxed
+from npfl_course.sandbox import (
+    INSTALL_HINT,
+    Limits,
+    SandboxResult,
+    isolation,
+    remove_tree,
+    run_sandboxed,
+)
 from npfl_course.worker import (
     META_KEY,
+    ResultChannel,
     build_matplotlib_cache,
     copy_matplotlib_cache,
     worker_command,
@@ -245,7 +261,13 @@ class Autograder:
     # -- phase 2 ----------------------------------------------------------------------
 
     def execute(self, job: _Job) -> _Job:
-        """Phase 2 (any thread): runs each readable notebook of the job in the sandbox."""
+        """Phase 2 (any thread): runs each readable notebook of the job in the sandbox.
+
+        Each notebook becomes an :class:`Execution` (plain data, the submission's files
+        read by :func:`submission_files`) that :meth:`run_execution` runs: here
+        :func:`execute_notebook`, in this process; on a Dask worker in ``DaskAutograder``.
+        """
+        files = None
         for name in job.prepared:
             if name in job.unreadable:
                 continue
@@ -253,26 +275,33 @@ class Autograder:
                 job.results[name] = (json.loads(job.prepared[name]), None)
                 job.results[name][0]["metadata"][META_KEY] = {"cells_run": 10**9, "done": True}
                 continue
-            workdir = tempfile.mkdtemp(prefix="npfl-autograde-")
             try:
-                shutil.copytree(job.dest, workdir, symlinks=True, dirs_exist_ok=True,
-                                ignore=shutil.ignore_patterns(PENDING))  # fmt: skip
-                lean = _worker_input(job.prepared[name])
-                Path(workdir, f"{name}.ipynb").write_text(lean, encoding="utf-8")
-                out = f".{name}.executed.ipynb"
-                argv = worker_command(f"{name}.ipynb", out, self.limits.cell_seconds,
-                                      self.limits.memory_mb, self.limits.disk_mb)  # fmt: skip
-                copy_matplotlib_cache(_matplotlib_cache(), workdir)
-                self.executions += 1
-                result = run_sandboxed(argv, workdir=workdir, limits=self.limits, env=self.env,
-                                       require_sandbox=not self.unsandboxed)  # fmt: skip
-                job.results[name] = (read_executed(Path(workdir) / out), result)
-            finally:  # any depth, files of any mode (remove_tree); what stays is noted
-                try:
-                    remove_tree(workdir)
-                except OSError as exc:
-                    job.notes.append(f"the temporary work folder was not removed: {exc}")
+                if files is None:
+                    files = submission_files(job.dest, self.limits.disk_mb << 20, (PENDING,))
+            except SubmissionTooLargeError as exc:  # as the disk watchdog would find at once
+                result = SandboxResult(None, "", "", disk_exceeded=True, reason=str(exc))
+                job.results[name] = (None, result)
+                continue
+            others = tuple(entry for entry in files[0] if entry[0] != f"{name}.ipynb")
+            task = Execution(name, worker_input(job.prepared[name]), others, files[1],
+                             self.limits, self.env, not self.unsandboxed,
+                             self.assignment_digest)  # fmt: skip
+            self.executions += 1
+            done = self.run_execution(task, job)
+            job.results[name] = (done.executed, done.result)
+            job.notes += done.notes
         return job
+
+    def run_execution(self, task: Execution, job: _Job) -> Executed:
+        """Runs one notebook (any thread): here, in this process; see ``DaskAutograder``."""
+        return execute_notebook(task)
+
+    @functools.cached_property
+    def assignment_digest(self) -> str:
+        """What a worker's once-per-assignment checks are keyed by (source and config)."""
+        from npfl_course.autograde.preflight import assignment_digest
+
+        return assignment_digest(self.course, self.assignment)
 
     # -- phase 3 ----------------------------------------------------------------------
 
@@ -347,8 +376,6 @@ class Autograder:
         """Autogrades ``students`` (default: every submission) and returns the report."""
         from tqdm.auto import tqdm
 
-        from npfl_course.autograde.preflight import preflight
-
         start = time.monotonic()
         self._notebook_names()  # fails early if the assignment was never generated
         threading.Thread(target=_matplotlib_cache, daemon=True).start()  # while we prepare
@@ -362,8 +389,7 @@ class Autograder:
         queue = [s for s in wanted if s not in outcomes]
         checked = None
         if self.preflight and queue:
-            checked = preflight(self.course, self.assignment, limits=self.limits,
-                                jobs=self.jobs, unsandboxed=self.unsandboxed)  # fmt: skip
+            checked = self.run_preflight()
         bar = tqdm(total=len(wanted), desc=f"autograde {self.assignment}", unit="submission",
                    disable=not progress, file=sys.stderr)  # fmt: skip
         bar.update(len(outcomes))
@@ -417,24 +443,45 @@ class Autograder:
         return Report(self.assignment, ordered, time.monotonic() - start, self.jobs,
                       isolation=description, preflight=checked)  # fmt: skip
 
+    def run_preflight(self):
+        """Grades the solution and the release first (:func:`...preflight.preflight`)."""
+        from npfl_course.autograde.preflight import preflight
+
+        return preflight(self.course, self.assignment, limits=self.limits, jobs=self.jobs,
+                         unsandboxed=self.unsandboxed)  # fmt: skip
+
     def _dest(self, student: str) -> Path:
         coursedir = self.course.coursedir
         return Path(coursedir.format_path(coursedir.autograded_directory, student, self.assignment))
 
 
-def _worker_input(prepared: str) -> str:
-    """The notebook the worker runs: markdown and raw cells emptied (attachments too).
+def execute_notebook(task: Execution) -> Executed:
+    """Phase 2 for one notebook, a pure function of plain data: here or on a Dask worker.
 
-    The worker needs only the code; a pasted 50 MB image in a markdown cell would
-    otherwise travel into the sandbox and back, and the cells keep their places, so the
-    parent merges outputs by index as before.
+    Writes ``task``'s files and notebook into a fresh scratch folder, runs
+    ``python -m npfl_course.worker`` there under :func:`run_sandboxed` and reads the
+    executed notebook from its result channel; the scratch folder is removed.
     """
-    notebook = json.loads(prepared)
-    for cell in notebook.get("cells", []):
-        if cell.get("cell_type") != "code":
-            cell["source"] = ""
-            cell.pop("attachments", None)
-    return json.dumps(notebook)
+    notes = []
+    workdir = tempfile.mkdtemp(prefix="npfl-autograde-")
+    try:
+        write_files(task, workdir)
+        Path(workdir, f"{task.name}.ipynb").write_text(task.notebook, encoding="utf-8")
+        copy_matplotlib_cache(_matplotlib_cache(), workdir)
+        limits = task.limits
+        with ResultChannel() as channel:
+            argv = worker_command(f"{task.name}.ipynb", channel, limits.cell_seconds,
+                                  limits.memory_mb, limits.disk_mb)  # fmt: skip
+            result = run_sandboxed(argv, workdir=workdir, limits=limits, env=task.env,
+                                   require_sandbox=task.require_sandbox,
+                                   pass_fds=channel.fds)  # fmt: skip
+            executed = read_executed(channel)
+    finally:  # any depth, files of any mode (remove_tree); what stays is noted
+        try:
+            remove_tree(workdir)
+        except OSError as exc:
+            notes.append(f"the temporary work folder was not removed: {exc}")
+    return Executed(executed, result, notes)
 
 
 _MATPLOTLIB_LOCK = threading.Lock()
@@ -456,8 +503,12 @@ def _build_matplotlib_cache() -> Path | None:
 def autograde(course: Course, assignment: str, *, students: list[str] | None = None,
               jobs: int | None = None, limits: Limits | None = None, force: bool = False,
               progress: bool = True, unsandboxed: bool = False,
-              preflight: bool | None = None) -> Report:  # fmt: skip
+              preflight: bool | None = None, scheduler=None) -> Report:  # fmt: skip
     """Autogrades the submissions of ``assignment``; see :class:`Autograder`.
+
+    ``scheduler`` (default ``c.NpflAutograde.scheduler``; ``""``: here): a Dask scheduler's
+    address, scheduler file or client, whose workers execute the notebooks
+    (:class:`npfl_course.autograde.distributed.DaskAutograder`).
 
     Returns:
         Report: One outcome per submission (graded, failed or skipped, with reasons).
@@ -466,7 +517,17 @@ def autograde(course: Course, assignment: str, *, students: list[str] | None = N
         SandboxUnavailableError: No bubblewrap sandbox and not ``unsandboxed``.
         npfl_course.autograde.preflight.PreflightError: The solution or the release was
             graded wrong; no student was graded.
+        npfl_course.autograde.distributed.ClusterUnavailableError: ``scheduler`` cannot be
+            reached or has no worker.
     """
-    grader = Autograder(course, assignment, jobs=jobs, limits=limits, force=force,
-                        unsandboxed=unsandboxed, preflight=preflight)  # fmt: skip
+    options = dict(jobs=jobs, limits=limits, force=force, unsandboxed=unsandboxed,
+                   preflight=preflight)  # fmt: skip
+    if scheduler is None:
+        scheduler = NpflAutograde(parent=course.app).scheduler
+    if scheduler:
+        from npfl_course.autograde.distributed import DaskAutograder
+
+        grader = DaskAutograder(course, assignment, scheduler=scheduler, **options)
+    else:
+        grader = Autograder(course, assignment, **options)
     return grader.run(students, progress=progress)

@@ -218,6 +218,7 @@ def run_sandboxed(
     limits: Limits = Limits(),  # noqa: B008 - a frozen dataclass, immutable
     env: Mapping[str, str] | None = None,
     require_sandbox: bool = False,
+    pass_fds: Sequence[int] = (),
 ) -> SandboxResult:
     """Runs ``argv`` in ``workdir`` under ``limits``, isolated by bubblewrap when possible.
 
@@ -235,6 +236,8 @@ def run_sandboxed(
         limits (Limits): Time, memory and process limits and whether network is allowed.
         env (Mapping[str, str] | None): Extra environment variables.
         require_sandbox (bool): Raise instead of falling back when bwrap cannot isolate.
+        pass_fds (Sequence[int]): Open descriptors the command inherits (as
+            ``subprocess.Popen``'s), e.g. a result channel that no path leads to.
 
     Returns:
         SandboxResult: Exit status, bounded output, which limit was hit and why.
@@ -258,16 +261,16 @@ def run_sandboxed(
         if not getattr(limits, name) > 0:
             raise ValueError(f"limits.{name} must be positive, got {getattr(limits, name)!r}")
     if sandbox_available():
-        return _run(argv, workdir, readonly, limits, env, _bwrap_executable())
+        return _run(argv, workdir, readonly, limits, env, _bwrap_executable(), pass_fds)
     if require_sandbox:
         why = unavailable_reason()
         raise RuntimeError(f"require_sandbox=True but bubblewrap cannot isolate: {why}; "
                            f"{INSTALL_HINT}")  # fmt: skip
     _warn_fallback()
-    return _run(argv, workdir, readonly, limits, env, None)
+    return _run(argv, workdir, readonly, limits, env, None, pass_fds)
 
 
-def _run(argv, workdir, readonly, limits, env, bwrap) -> SandboxResult:
+def _run(argv, workdir, readonly, limits, env, bwrap, pass_fds=()) -> SandboxResult:
     with private_uid() as uid, contextlib.ExitStack() as cleanup:
         owner = os.stat(workdir)
         if bwrap is None:
@@ -307,6 +310,7 @@ def _run(argv, workdir, readonly, limits, env, bwrap) -> SandboxResult:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
+            pass_fds=tuple(pass_fds),
         )
         readers = [_BoundedReader(proc.stdout), _BoundedReader(proc.stderr)]
         for reader in readers:

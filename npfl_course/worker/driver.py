@@ -63,6 +63,7 @@ from npfl_course.worker.protocol import (  # noqa: E402
     MAX_STREAM_CHARS,
     META_KEY,
     WORKER_NOTE_CHARS,
+    ResultWriter,
     bound_names,
     is_trusted,
     json_values,
@@ -118,7 +119,8 @@ def _rich_size(content: dict) -> tuple[int, int]:
 class GradingClient(NotebookClient):
     """nbclient's executor with nbgrader's ``Execute`` settings, a guard and bounds."""
 
-    def __init__(self, nb: NotebookNode, out: str, cell_seconds: float, memory_mb: int | None,
+    def __init__(self, nb: NotebookNode, out: ResultWriter, cell_seconds: float,
+                 memory_mb: int | None,
                  disk_mb: int | None = None, **kwargs: Any) -> None:  # fmt: skip
         self.cell_seconds = cell_seconds
         timeout_error = {
@@ -430,17 +432,14 @@ class GradingClient(NotebookClient):
                 cell.execution_count = None
 
     def save(self, done: bool) -> None:
-        """Writes OUT (atomically): the cells so far, and how far the run came."""
+        """Writes OUT (a complete snapshot): the cells so far, and how far the run came."""
         if os.getpid() != self.pid:
             return
         notebook = dict(self.nb)
         metadata = dict(notebook.get("metadata", {}))
         metadata[META_KEY] = {"cells_run": self.cells_run, "done": done}
         notebook["metadata"] = metadata
-        temporary = f"{self.out}.{self.pid}.tmp"
-        with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(notebook, handle, indent=1)
-        os.replace(temporary, self.out)
+        self.out.write(json.dumps(notebook, indent=1).encode("utf-8"))
 
 
 _PROCESS_LIMIT = resource.getrlimit(resource.RLIMIT_NPROC)
@@ -541,21 +540,36 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m npfl_course.worker",
                                      description=__doc__.split("\n\n")[0])  # fmt: skip
     parser.add_argument("input", help="the prepared notebook")
-    parser.add_argument("output", help="where the executed notebook goes")
+    parser.add_argument(
+        "--result-fds",
+        required=True,
+        metavar="A,B",
+        help="the two descriptors of the parent's ResultChannel",
+    )
     parser.add_argument("--cell-timeout", type=float, default=120.0, help="seconds per cell")
     parser.add_argument("--memory-mb", type=int, default=None, help="for error messages")
     parser.add_argument("--disk-mb", type=int, default=None, help="for error messages")
     args = parser.parse_args(argv)
     if not args.cell_timeout > 0:
         parser.error(f"--cell-timeout must be positive, got {args.cell_timeout}")
+    try:
+        out = ResultWriter([int(fd) for fd in args.result_fds.split(",")])
+    except (ValueError, OSError) as exc:
+        parser.error(f"--result-fds: {exc}")
+    # Not dumpable: the kernel (our uid) can neither ptrace us nor open /proc/<us>/fd, so
+    # the result descriptors stay out of its reach.
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None).prctl(4, 0)  # PR_SET_DUMPABLE
     with open(args.input, encoding="utf-8") as handle:
         data = json.load(handle)
+    with contextlib.suppress(OSError):  # it holds the hidden tests
+        os.unlink(args.input)
     if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
         parser.error(f"{args.input} is not a notebook (no list of cells)")
     notebook = rejoin_lines(from_dict(data))  # sources as strings, as nbformat.read gives
     with contextlib.suppress(Exception):  # Linux: orphans of the cells become our children
         ctypes.CDLL(None).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
-    client = GradingClient(notebook, args.output, args.cell_timeout, args.memory_mb, args.disk_mb)
+    client = GradingClient(notebook, out, args.cell_timeout, args.memory_mb, args.disk_mb)
     try:
         asyncio.run(client.grade(_kernel_environment()))
     except BaseException as exc:  # noqa: BLE001 - keep what ran; the parent reports the rest
