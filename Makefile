@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch>=2.4
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.npfl-installed
 
-.PHONY: demo test lint format clean
+.PHONY: demo test lint format notebooks clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,13 @@ test: lint
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# The lecture notebooks from their py:percent sources (cell ids and metadata kept).
+notebooks: $(STAMP)
+	for source in lectures/src/[0-9][0-9]_*.py; do \
+	    $(BIN)/jupytext --quiet --update --to ipynb \
+	        --output lectures/$$(basename $$source .py).ipynb $$source || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build *.egg-info

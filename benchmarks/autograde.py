@@ -19,6 +19,17 @@ slices of the submissions (stock, ours, stock, ours), so that a change in the ma
 load during the run hits both alike. It also times what a notebook's start costs (a
 Python process, ``import torch``, ``import npfl_lib``, a Jupyter kernel until it
 answers), to show what dominates.
+
+With ``--scheduler ADDRESS`` (or ``--scheduler local``: a ``LocalCluster`` of ``--jobs``
+single-threaded worker processes started here) the rounds compare
+``npfl-course autograde --jobs N`` with ``npfl-course autograde --scheduler ADDRESS``
+instead (both ``--no-preflight``), to give the cluster path's overhead per notebook. It
+then measures what the scaling model of ``docs/scaling.md`` needs: the coordinator's own
+work per submission (phases 1 and 3 alone, with ``c.Execute.enabled = False``) and the
+scheduler's cost per task (no-op tasks), and prints the model's wall time for 3,500
+notebooks on N machines of C cores::
+
+    python benchmarks/autograde.py --scheduler local --jobs 2 --submissions 12
 """
 
 from __future__ import annotations
@@ -126,6 +137,86 @@ def _round(base: Path, target: Path, students: list[str]) -> Path:
     return target
 
 
+def _cli(course: Path, assignment: str, *flags: str) -> float:
+    return _timed([sys.executable, "-m", "npfl_course.cli", "autograde", assignment, "--quiet",
+                   "--no-preflight", "--course-dir", str(course), *flags], course)  # fmt: skip
+
+
+def _task_costs(address: str, tasks: int = 400) -> tuple[float, float]:
+    """Seconds per no-op task: in a batch (throughput), and one after another (latency)."""
+    from distributed import Client, wait
+
+    with Client(address, set_as_default=False) as client:
+        client.submit(abs, -1, pure=False).result()  # connections up
+        start = time.perf_counter()
+        wait(client.map(abs, range(tasks), pure=False))
+        batch = (time.perf_counter() - start) / tasks
+        start = time.perf_counter()
+        for number in range(50):
+            client.submit(abs, number, pure=False).result()
+        return batch, (time.perf_counter() - start) / 50
+
+
+def wall_time(notebooks: int, machines: int, cores: int, execute_s: float, coordinator_s: float,
+              task_s: float, start_s: float = 30.0) -> float:  # fmt: skip
+    """The scaling model of docs/scaling.md: seconds to grade ``notebooks`` on ``machines``
+    of ``cores`` (one notebook per core), the coordinator doing phases 1 and 3 alone."""
+    slots = machines * cores
+    rate = min(slots / execute_s, 1 / coordinator_s, 1 / task_s)  # notebooks per second
+    return start_s + notebooks / rate + execute_s  # the last notebook's own time
+
+
+def cluster(args, workdir: Path, base: Path, students: list[str]) -> int:
+    """Local ``--jobs N`` against ``--scheduler`` on the same submissions (see the docstring)."""
+    local_cluster = None
+    address = args.scheduler
+    if address == "local":
+        from distributed import LocalCluster
+
+        local_cluster = LocalCluster(n_workers=args.jobs, threads_per_worker=1, processes=True,
+                                     host="127.0.0.1", dashboard_address=":0",
+                                     silence_logs=40)  # fmt: skip
+        address = local_cluster.scheduler_address
+    try:
+        n, local_s, remote_s, same = len(students), 0.0, 0.0, True
+        for index in range(args.rounds):
+            part = students[index :: args.rounds]
+            here = _round(base, workdir / f"local{index}", part)
+            there = _round(base, workdir / f"cluster{index}", part)
+            print(f"round {index + 1}/{args.rounds}: {len(part)} submissions; --jobs "
+                  f"{args.jobs}, then --scheduler {address} ...", flush=True)  # fmt: skip
+            local_s += _cli(here, args.assignment, "--jobs", str(args.jobs))
+            remote_s += _cli(there, args.assignment, "--scheduler", address)
+            got = scores(here, args.assignment)
+            same &= got == scores(there, args.assignment) and len(got) == len(part)
+        alone = _round(base, workdir / "coordinator", students)
+        config = alone / "nbgrader_config.py"
+        config.write_text(config.read_text() + "\nc.Execute.enabled = False\n")
+        coordinator_s = _cli(alone, args.assignment, "--jobs", "1") / n
+        batch_s, latency_s = _task_costs(address)
+    finally:
+        if local_cluster is not None:
+            local_cluster.close()
+    execute_s = local_s * args.jobs / n  # one notebook on one core, here
+    print()
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    label = f"npfl-course autograde --jobs {args.jobs}:"
+    print(f"{label:<44} {local_s:7.1f} s ({local_s / n:.2f} s per notebook)")
+    label = f"npfl-course autograde --scheduler ({args.jobs} workers):"
+    print(f"{label:<44} {remote_s:7.1f} s ({remote_s / n:.2f} s per notebook)")
+    print(f"{'cluster overhead per notebook:':<44} {(remote_s - local_s) / n:7.2f} s")
+    print(f"{'coordinator alone (phases 1 and 3):':<44} {coordinator_s:7.3f} s per submission")
+    print(f"{'scheduler, no-op tasks:':<44} {batch_s * 1000:7.2f} ms per task in a batch, "
+          f"{latency_s * 1000:.2f} ms one after another")  # fmt: skip
+    print(f"same scores for all {n} submissions: {same}")
+    print(f"\nmodel: 3,500 notebooks of {execute_s:.1f} s each (one core), the coordinator "
+          f"{coordinator_s:.3f} s each:")  # fmt: skip
+    for machines, cores in ((1, 2), (1, 16), (4, 16), (16, 16), (32, 32), (64, 64)):
+        seconds = wall_time(3500, machines, cores, execute_s, coordinator_s, batch_s)
+        print(f"  {machines:>3} machine(s) x {cores:>2} cores: {seconds / 60:7.1f} min")
+    return 0 if same else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--assignment", default="regularization")
@@ -135,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="alternate stock and ours on this many slices of the submissions, "
                         "so a change in the machine's load hits both alike")  # fmt: skip
     parser.add_argument("--keep", default=None, help="keep the courses in this folder")
+    parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                        help="compare local --jobs N with this Dask scheduler ('local': a "
+                        "LocalCluster of --jobs single-threaded workers) instead of stock "
+                        "nbgrader")  # fmt: skip
     args = parser.parse_args(argv)
 
     workdir = Path(args.keep or tempfile.mkdtemp(prefix="npfl-bench-"))
@@ -144,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"building a course with {n} submissions of {args.assignment} ...")
         base = build_course(workdir / "base", args.assignment, n)
         students = sorted(p.name for p in (base / "submitted").iterdir())
+        if args.scheduler:
+            return cluster(args, workdir, base, students)
         # The preflight (the instructor's solution and the release, graded first) runs once
         # per assignment and is then remembered in the course; every round's copy has it.
         print("preflight, once per assignment (then remembered) ...", flush=True)

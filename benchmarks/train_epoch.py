@@ -10,11 +10,13 @@ the medians of wall-clock and process CPU time are reported with their ratios to
     (c) npfl_lib.Trainer.fit      (d) Trainer.fit with npfl_lib.optim.AdamW
 
 Usage: python benchmarks/train_epoch.py [--rows 11000] [--device cpu] [--epochs 3] [--threads N]
+                                       [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import statistics
 import time
@@ -133,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: auto)")
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs, >= 1 (default: 3)")
     parser.add_argument("--threads", type=int, help="CPU threads of torch (default: torch's)")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -146,18 +149,28 @@ def main(argv: list[str] | None = None) -> None:
         f"median of {args.epochs} interleaved epochs after a warm-up"
     )
     inputs, targets = make_data(args.rows)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # (d) on CUDA says once why it runs eagerly
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # a Trainer that cannot use a CUDA graph says why
         epochs = {label: make(inputs, targets, device) for label, make in VARIANTS.items()}
         times = time_interleaved(epochs, device, args.epochs)
+    notes = sorted({str(w.message) for w in caught if str(w.message).startswith("Trainer")})
     baseline = [statistics.median(t[i] for t in times[next(iter(times))]) for i in (0, 1)]
     print(f"{'':34s} {'wall':>8s}  {'ratio':>5s}  {'CPU':>8s}  {'ratio':>5s}  wall of each epoch")
+    results = {}
     for label, measured in times.items():
         wall, cpu = (statistics.median(t[i] for t in measured) for i in (0, 1))
         print(
             f"{label:34s} {wall:7.4f}s  {wall / baseline[0]:4.2f}x  {cpu:7.4f}s  "
             f"{cpu / baseline[1]:4.2f}x  {', '.join(f'{t[0]:.3f}' for t in measured)}"
         )
+        results[label] = {"wall_s": wall, "cpu_s": cpu, "epochs_wall_s": [t[0] for t in measured]}
+    for note in notes:
+        print(note)
+    if args.json:
+        info = {"device": str(device), "device_name": name, "torch": torch.__version__}
+        info.update(rows=args.rows, epochs=args.epochs, threads=torch.get_num_threads())
+        with open(args.json, "w") as file:
+            json.dump({**info, "loops": results, "trainer_warnings": notes}, file, indent=1)
 
 
 if __name__ == "__main__":

@@ -4,11 +4,14 @@
     npfl-course zip-collect ASSIGNMENT DIR [--pattern REGEX] [--force]
     npfl-course autograde ASSIGNMENT [--jobs N] [--timeout S] [--cell-timeout S]
                           [--memory MB] [--disk MB] [--student ID ...] [--force] [--no-sandbox]
-                          [--no-preflight]
+                          [--no-preflight] [--scheduler ADDRESS]
     npfl-course feedback ASSIGNMENT
     npfl-course export [--csv PATH]
     npfl-course report ASSIGNMENT [--output PNG]
-    npfl-course check [ASSIGNMENT ...]
+    npfl-course check [ASSIGNMENT ...] [--jobs N] [--no-mutants]
+    npfl-course similarity ASSIGNMENT [--threshold F] [--noise N] [--top N]
+                           [--report-pairs N] [--output DIR] [--jobs N] [--no-expected]
+                           [--student ID ...]
     npfl-course demo [--output DIR] [--jobs N]
     npfl-course doctor
 
@@ -38,6 +41,16 @@ def _positive(kind):
         return value
 
     return parse
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="skip grading the instructor's solution (full marks expected) and "
                      "the release (0 expected) before the students (also: "
                      "c.NpflAutograde.preflight = False)")  # fmt: skip
+    sub.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                     help="execute the notebooks on the workers of this Dask scheduler "
+                     "(tcp://host:8786, or a scheduler file .json; docs/scaling.md); "
+                     "default: c.NpflAutograde.scheduler, else on this machine")  # fmt: skip
     sub.add_argument("--quiet", action="store_true", help="no progress bar, short summary")
 
     sub = add("feedback", "write the feedback HTML (nbgrader generate_feedback)")
@@ -117,9 +134,48 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--output", default=None, metavar="PNG",
                      help="default: reports/<assignment>.png in the course root")  # fmt: skip
 
-    sub = add("check", "tests of the tests: source full marks, release 0, variants as named")
+    sub = add("check", "tests of the tests: source full marks, release 0, variants as named, "
+              "no surviving mutant")  # fmt: skip
+    sub.description = (
+        "Tests of the tests. Grades the source (full marks), the release (0), the variants of "
+        "variants.py (WRONG and DELEGATING lose the points of their test cells, ALTERNATIVE "
+        "keep all) and mutants: near-misses made from the solution (outputs off by 1.001, "
+        "in float32, nan for inputs above 50, one element changed, an argument changed in "
+        "place; a flipped comparison, an off-by-one index, a dropped term, swapped "
+        "arguments). A mutant that changes nothing on the tests' inputs is equivalent and "
+        "not graded; one that keeps full points survives and fails check unless "
+        "variants.py lists it in ACCEPTED with a reason."
+    )
     sub.add_argument("assignments", nargs="*", metavar="ASSIGNMENT", help="default: all")
     sub.add_argument("--jobs", type=_positive(int), default=None, metavar="N")
+    sub.add_argument("--no-mutants", action="store_true",
+                     help="grade no mutants: the source, release and variants only")  # fmt: skip
+
+    sub = add("similarity", "pairs of students with similar answers: a table, HTML and CSV")
+    sub.add_argument("assignment", metavar="ASSIGNMENT")
+    sub.add_argument("--threshold", type=_fraction, default=None, metavar="F",
+                     help="list pairs at least this similar, 0 to 1 (default: "
+                     "c.NpflSimilarity.threshold, else 0.7)")  # fmt: skip
+    sub.add_argument("--noise", type=_positive(int), default=None, metavar="N",
+                     help="shortest shared passage that counts, in characters of normalised "
+                     "code (default: c.NpflSimilarity.noise_threshold, else 25)")  # fmt: skip
+    sub.add_argument("--top", type=_positive(int), default=20, metavar="N",
+                     help="pairs printed (default 20; all are in the CSV)")  # fmt: skip
+    sub.add_argument("--report-pairs", type=_positive(int), default=None, metavar="N",
+                     help="pairs shown side by side in the HTML (default: "
+                     "c.NpflSimilarity.report_pairs, else 50)")  # fmt: skip
+    sub.add_argument("--output", default=None, metavar="DIR",
+                     help="where <assignment>_similarity.html and .csv go (default: "
+                     "reports/ in the course root)")  # fmt: skip
+    sub.add_argument("--jobs", type=_positive(int), default=None, metavar="N",
+                     help="processes reading notebooks (default: c.NpflSimilarity.jobs, "
+                     "else the number of CPUs)")  # fmt: skip
+    sub.add_argument("--no-expected", action="store_true",
+                     help="compare answers that match the instructor's solution or a "
+                     "variant like any other (default: such cells are expected and not "
+                     "counted; c.NpflSimilarity.expected)")  # fmt: skip
+    sub.add_argument("--student", nargs="+", default=None, metavar="ID",
+                     help="compare only these students")  # fmt: skip
 
     sub = add("demo", "generate, collect, autograde and report in a temporary course")
     sub.add_argument("--output", default=None, metavar="DIR",
@@ -164,7 +220,7 @@ def _zip_collect(course: Course, args) -> int:
 
 
 def _autograde(course: Course, args) -> int:
-    from npfl_course.autograde import SandboxUnavailableError, autograde
+    from npfl_course.autograde import ClusterUnavailableError, SandboxUnavailableError, autograde
     from npfl_course.autograde.preflight import PreflightError
     from npfl_course.autograde.settings import NpflAutograde
     from npfl_course.sandbox import isolation
@@ -172,14 +228,20 @@ def _autograde(course: Course, args) -> int:
     limits = NpflAutograde(parent=course.app).limits(cell_seconds=args.cell_timeout)
     flags = {"notebook_seconds": args.timeout, "memory_mb": args.memory, "disk_mb": args.disk}
     limits = dataclasses.replace(limits, **{k: v for k, v in flags.items() if v is not None})
+    scheduler = args.scheduler  # "" grades here whatever the config says
+    if scheduler is None:
+        scheduler = NpflAutograde(parent=course.app).scheduler
     kind, description = isolation()
-    if kind != "bwrap" and args.no_sandbox:
+    if kind != "bwrap" and args.no_sandbox and not scheduler:  # the workers' are reported
         print(f"npfl-course: WARNING: --no-sandbox: {description}", file=sys.stderr)
     try:
         report = autograde(course, args.assignment, students=args.student, jobs=args.jobs,
                            limits=limits, force=args.force, progress=not args.quiet,
-                           unsandboxed=args.no_sandbox,
+                           unsandboxed=args.no_sandbox, scheduler=scheduler,
                            preflight=False if args.no_preflight else None)  # fmt: skip
+    except ClusterUnavailableError as exc:
+        print(f"npfl-course: {exc}", file=sys.stderr)
+        return 2
     except SandboxUnavailableError as exc:
         print(f"npfl-course: {exc}", file=sys.stderr)
         return 2
@@ -220,7 +282,24 @@ def _report(course: Course, args) -> int:
 def _check(course: Course, args) -> int:
     from npfl_course.check import check_assignments
 
-    return check_assignments(course, args.assignments or None, jobs=args.jobs)
+    return check_assignments(course, args.assignments or None, jobs=args.jobs,
+                             mutants=not args.no_mutants)  # fmt: skip
+
+
+def _similarity(course: Course, args) -> int:
+    from npfl_course.similarity import NpflSimilarity, find_similar, summary, table, write_reports
+
+    settings = NpflSimilarity(parent=course.app).settings(
+        threshold=args.threshold, noise_threshold=args.noise, report_pairs=args.report_pairs,
+        jobs=args.jobs, expected=False if args.no_expected else None,
+    )  # fmt: skip
+    result = find_similar(course, args.assignment, settings, students=args.student)
+    output = Path(args.output) if args.output else course.root / "reports"
+    html, csv = write_reports(result, output)
+    print(table(result, top=args.top))
+    print("\n".join(summary(result)))
+    print(f"report: {html}\ncsv:    {csv}\n({result.seconds:.1f} s to compare)")
+    return 0
 
 
 def _doctor(course: Course, args) -> int:
@@ -240,7 +319,7 @@ def _demo(course: Course | None, args) -> int:
 COMMANDS = {
     "generate": _generate, "zip-collect": _zip_collect, "autograde": _autograde,
     "feedback": _feedback, "export": _export, "report": _report, "check": _check,
-    "demo": _demo, "doctor": _doctor,
+    "demo": _demo, "doctor": _doctor, "similarity": _similarity,
 }  # fmt: skip
 
 

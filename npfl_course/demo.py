@@ -5,9 +5,11 @@
 2. builds an LMS-style download folder for one assignment: a full solution, the
    untouched release, partially wrong solutions (``variants.py``'s WRONG variants) and a
    few hostile submissions (an infinite loop, a process exit, tampering with the
-   grading helpers, a file that is not a notebook), as zips and loose notebooks;
+   grading helpers, a file that is not a notebook) and two students who share one
+   disguised solution (:mod:`npfl_course.similarity.demo`), as zips and loose notebooks;
 3. collects them (``zip-collect``), autogrades them in parallel and sandboxed,
-   generates the feedback, exports the CSV, prints the grade table and writes the PNG.
+   generates the feedback, exports the CSV, prints the grade table and writes the PNG;
+4. prints the most similar pairs of students (``npfl-course similarity``).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ HOSTILE = {
 
 def _downloads(course: Course, assignment: str, folder: Path) -> list[str]:
     """An LMS download folder of submissions; returns the student ids."""
-    from npfl_course import check
+    from npfl_course import check, similarity
 
     source_dir = course.path("source", assignment)
     release = nbformat.read(course.path("release", assignment) / f"{assignment}.ipynb", 4)
@@ -58,6 +60,7 @@ def _downloads(course: Course, assignment: str, folder: Path) -> list[str]:
         for student, variant in zip(("carol", "dave", "erin"), variants.WRONG, strict=False):
             replace = {variant["cell"]: variant["code"]}
             notebooks[f"{student}_wrong"] = check.make_submission(release, source, replace)
+    notebooks.update(similarity.demo_submissions(release, source, assignment))
     for student, code in HOSTILE.items():
         notebook = copy.deepcopy(notebooks["alice_full"])
         first = next(i for i, c in enumerate(notebook.cells) if check.cell_kind(c) == "solution")
@@ -85,6 +88,7 @@ def run_demo(
     from npfl_course.course import export_csv
     from npfl_course.report import grade_table, write_report
     from npfl_course.sandbox import Limits, isolation
+    from npfl_course.similarity import demo_report
 
     start = time.perf_counter()
     base = Path(output) if output else Path(tempfile.mkdtemp(prefix="npfl-demo-"))
@@ -122,6 +126,7 @@ def run_demo(
     print(grade_table(demo_course, assignment))
     print(f"feedback: {demo_course.path('feedback', assignment, '<student>')} ({ok=})")
     print(f"grades:   {csv}\nreport:   {png}")
+    print(demo_report(demo_course, assignment, demo / "reports"))
     print(f"demo finished in {time.perf_counter() - start:.0f} s")
     problems = _self_check(report)
     if problems:

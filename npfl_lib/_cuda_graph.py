@@ -20,8 +20,10 @@ PyTorch's "whole network capture" recipe (torch.cuda.graphs docs):
 
 Everything a graph reads must stay at a fixed address and every number that changes
 between steps must live in a device tensor. Hence optimizers must keep their step count
-on the device (``capturable=True``) and a scheduler may only be used when every
-learning rate is a tensor (which schedulers update in place). A hyperparameter that is a
+on the device (``capturable=True``: torch's Adam, AdamW, RMSprop, ... and npfl_lib's own
+RMSprop, Adam and AdamW have it, and the Trainer switches it on; SGD counts no steps)
+and a scheduler may only be used when every learning rate is a tensor (which schedulers
+update in place). A hyperparameter that is a
 Python number is baked into the graph, so the Trainer captures anew when one changes
 (e.g. a callback lowering the learning rate) or when a captured tensor is replaced; see
 ``capture_key``. Metrics are updated eagerly after each replay, from the graph's output
@@ -32,27 +34,38 @@ from __future__ import annotations
 
 import torch
 
+from . import optim
+from .optim._base import KernelOptimizer, _step_as
+
 WARMUP_STEPS = 3
 
 
 def graph_blocker(optimizer, scheduler) -> str | None:
     """Says why the step cannot be captured, or returns None when it can.
 
-    A torch optimizer that has a ``capturable`` option which is off gets it switched on
-    (same update rule, with its step count kept on the GPU); see ``make_capturable``.
+    An optimizer of torch's or npfl_lib's that has a ``capturable`` option which is off
+    gets it switched on (same update rule, with its step count kept on the GPU); see
+    ``make_capturable``.
     """
     name = type(optimizer).__name__
-    # torch's SGD keeps no step counter, and its momentum buffers exist after warm-up.
-    groups = [] if type(optimizer) is torch.optim.SGD else optimizer.param_groups
+    # SGD (torch's and npfl_lib's) keeps no step counter, and its momentum buffers exist
+    # after warm-up.
+    no_counter = type(optimizer) in (torch.optim.SGD, optim.SGD)
+    groups = [] if no_counter else optimizer.param_groups
     for group in groups:
         if "capturable" not in group:
             return (
                 f"{name} has no capturable=True option, so its step may read Python-side "
                 "state (such as a step counter) that a graph would freeze"
             )
-        if not group["capturable"] and not _is_torch_optimizer(optimizer):
-            # npfl_lib's optimizers always have capturable=False: their step count is an int.
+        if not group["capturable"] and not _can_switch(optimizer):
             return f"{name} has capturable=False, so its step cannot be captured"
+    if isinstance(optimizer, KernelOptimizer) and not isinstance(optimizer, optim.Adam):
+        if any(_on_gpu(g["lr"]) for g in optimizer.param_groups):
+            return (
+                f"npfl_lib's {name} passes its lr to torch as a number, and a GPU tensor lr "
+                "would be read back to the host at every step"
+            )
     if scheduler is not None and not all(_on_gpu(g["lr"]) for g in optimizer.param_groups):
         return (
             "a learning-rate scheduler changes a Python float (or CPU tensor) lr, whose value "
@@ -68,6 +81,11 @@ def _on_gpu(value) -> bool:
 
 def _is_torch_optimizer(optimizer) -> bool:
     return type(optimizer).__module__.startswith("torch.optim")
+
+
+def _can_switch(optimizer) -> bool:
+    """Whether ``make_capturable`` can turn the optimizer's ``capturable`` option on."""
+    return _is_torch_optimizer(optimizer) or isinstance(optimizer, KernelOptimizer)
 
 
 def _move_steps_to_params(optimizer) -> None:
@@ -97,8 +115,12 @@ def use_fused_kernel(optimizer) -> None:
 
 
 def make_capturable(optimizer) -> None:
-    """Turns on ``capturable`` of a torch optimizer, moving existing step counts along."""
-    if not _is_torch_optimizer(optimizer):
+    """Turns on ``capturable`` of a torch or npfl_lib optimizer, moving step counts along.
+
+    npfl_lib's ``int`` step counters become 0-dim tensors on their parameter's device,
+    with the same count (see ``npfl_lib.optim._base.KernelOptimizer``).
+    """
+    if not _can_switch(optimizer):
         return
     # The warm-up and the last, shorter batch run capturable steps eagerly on purpose;
     # torch would warn once that capturable=True without a capture is slower.
@@ -106,7 +128,13 @@ def make_capturable(optimizer) -> None:
     for group in optimizer.param_groups:
         if group.get("capturable") is False:
             group["capturable"] = True
-    _move_steps_to_params(optimizer)
+        if isinstance(optimizer, KernelOptimizer):
+            for param in group["params"]:
+                state = optimizer.state.get(param)
+                if state and "step" in state:
+                    state["step"] = _step_as(state["step"], param, group)
+    if _is_torch_optimizer(optimizer):
+        _move_steps_to_params(optimizer)
 
 
 def capture_key(model, optimizer, *extra) -> tuple:

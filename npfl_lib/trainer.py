@@ -87,9 +87,10 @@ class Trainer:
             gradients to this value before each optimizer step (None: no clipping).
         logdir (str | None): Write per-epoch scalars as TensorBoard event files here.
         cuda_graph (bool): On CUDA, with tensor data, capture the training step in a CUDA
-            graph and replay it. Needs an optimizer keeping its state on the GPU: a torch
-            optimizer's ``capturable`` option is switched on (same update); with anything
-            that cannot be captured, training falls back to eager with one warning.
+            graph and replay it. Needs an optimizer keeping its state on the GPU: the
+            ``capturable`` option of a torch or npfl_lib optimizer is switched on (same
+            update, the step counter kept on the GPU); with anything that cannot be
+            captured, training falls back to eager with one warning.
         fused_optimizer (bool): Run torch's Adam/AdamW with their fused kernel (the same
             update in one pass instead of ~10, equal to float rounding) when they were
             created with the implementation left to torch (``foreach=None, fused=None``).

@@ -6,7 +6,7 @@ import io
 import pytest
 import torch
 
-from npfl_lib.optim import SGD, Adam, AdamW, RMSprop, param_groups_no_decay
+from npfl_lib.optim import SGD, Adam, AdamW, RMSprop, adam_step, param_groups_no_decay
 
 TOLERANCES = {
     torch.float64: {"rtol": 1e-10, "atol": 1e-12},
@@ -482,9 +482,9 @@ def test_adamw_loading_an_adam_checkpoint_stays_decoupled(device):
 # Each optimizer's torch options that npfl_lib refuses unless at the value it implements.
 REFUSED = {
     "SGD": {"foreach": True, "differentiable": True, "fused": True},
-    "RMSprop": {"foreach": True, "differentiable": True, "capturable": True},
-    "Adam": {"foreach": True, "differentiable": True, "fused": True, "capturable": True},
-    "AdamW": {"foreach": True, "differentiable": True, "fused": True, "capturable": True},
+    "RMSprop": {"foreach": True, "differentiable": True},
+    "Adam": {"foreach": True, "differentiable": True, "fused": True},
+    "AdamW": {"foreach": True, "differentiable": True, "fused": True},
 }
 REFUSED_CASES = [
     (name, option, value) for name in REFUSED for option, value in REFUSED[name].items()
@@ -527,7 +527,7 @@ def test_refused_options_raise_wherever_they_arrive(name, option, value, where):
 
 @pytest.mark.parametrize("name", list(CLASSES))
 def test_the_values_npfl_lib_implements_are_accepted(name):
-    """foreach=False/None, fused=None/False, capturable=False, differentiable=False."""
+    """foreach=False/None, fused=None/False, differentiable=False."""
     ours_class, param = CLASSES[name], one_param()
     kwargs = {option: False for option in REFUSED[name]}
     optimizer = ours_class([param], lr=0.1, **kwargs)
@@ -540,9 +540,9 @@ def test_the_values_npfl_lib_implements_are_accepted(name):
 
 FLAGS = {
     "SGD": ["maximize", "nesterov"],
-    "RMSprop": ["maximize", "centered"],
-    "Adam": ["maximize", "amsgrad", "decoupled_weight_decay"],
-    "AdamW": ["maximize", "amsgrad", "decoupled_weight_decay"],
+    "RMSprop": ["maximize", "centered", "capturable"],
+    "Adam": ["maximize", "amsgrad", "decoupled_weight_decay", "capturable"],
+    "AdamW": ["maximize", "amsgrad", "decoupled_weight_decay", "capturable"],
 }
 
 
@@ -622,3 +622,140 @@ def test_tensor_lr_matches_torch(name, device):
 def test_tensor_lr_must_have_one_element(name):
     with pytest.raises(ValueError, match="lr"):
         CLASSES[name]([one_param()], lr=torch.tensor([0.1, 0.1]))
+
+
+# ------------------------------------------------------------------ capturable=True
+# torch's capturable steps keep the step counter on the parameter's device, so that no
+# step reads a number back to the host (a CUDA graph can replay it). torch allows them
+# on GPUs only; on a CPU-only machine the comparison lets torch run its capturable code
+# on the CPU too (its arithmetic does not depend on the device).
+CAPTURABLE = {
+    "adam": (Adam, {"lr": 0.01}),
+    "adam-amsgrad-wd": (Adam, {"lr": 0.01, "amsgrad": True, "weight_decay": 0.1}),
+    "adamw-wd": (AdamW, {"lr": 0.01, "betas": (0.5, 0.9), "weight_decay": 0.3}),
+    "adamw-tensor-lr": (AdamW, {"lr": "tensor", "maximize": True}),
+    "rmsprop-centered": (RMSprop, {"lr": 0.01, "centered": True, "momentum": 0.5}),
+}
+
+
+def capturable_kwargs(config, device):
+    ours_class, kwargs = CAPTURABLE[config]
+    if kwargs["lr"] == "tensor":
+        kwargs = {**kwargs, "lr": torch.tensor(0.01, device=device)}
+    return ours_class, kwargs
+
+
+@pytest.fixture
+def torch_capturable_anywhere(monkeypatch):
+    """Lets torch's single-tensor Adam(W) and RMSprop run capturable steps on the CPU."""
+    import importlib
+
+    for name in ("adam", "rmsprop"):
+        module = importlib.import_module(f"torch.optim.{name}")
+        supported = getattr(module, "_get_capturable_supported_devices", None)
+        if supported is None:
+            pytest.skip(f"torch.optim.{name} has no _get_capturable_supported_devices")
+        monkeypatch.setattr(
+            module,
+            "_get_capturable_supported_devices",
+            lambda supports_xla=True, supported=supported: [*supported(supports_xla), "cpu"],
+        )
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("config", list(CAPTURABLE))
+def test_capturable_steps_equal_torch_bit_for_bit(config, dtype, device, torch_capturable_anywhere):
+    ours_class, kwargs = capturable_kwargs(config, device)
+    model, data = make_mlp(dtype, device), make_data(dtype, device)
+    reference = copy.deepcopy(model)
+    ours = ours_class(model.parameters(), capturable=True, **kwargs)
+    train(model, ours, data, 20)
+    torch_class = getattr(torch.optim, ours_class.__name__)
+    theirs = torch_optimizer(torch_class, reference.parameters(), capturable=True, **kwargs)
+    train(reference, theirs, data, 20)
+    for actual, expected in zip(model.parameters(), reference.parameters(), strict=True):
+        assert torch.equal(actual, expected)
+    for param in model.parameters():
+        step = ours.state[param]["step"]
+        assert step.dim() == 0 and step.dtype == torch.float32 and step.device == param.device
+        assert step.item() == 20.0
+
+
+@pytest.mark.parametrize("config", list(CAPTURABLE))
+def test_capturable_steps_equal_the_int_path_to_float32_corrections(config, device):
+    """Capturable bias corrections are float32 tensors (torch's): ``1 - beta2^t`` then
+    carries a relative error of up to ~1.3e-5 (beta2 = 0.999 rounded to float32, then
+    cancellation), so one Adam update may differ by ~lr * 1e-5 from the int path, which
+    computes them in float64 on the host. Bound checked here, in float64 parameters
+    (where nothing else rounds): |difference| <= steps * lr * 5e-5 after 20 steps.
+    RMSprop does not use its counter: bit for bit."""
+    ours_class, kwargs = capturable_kwargs(config, device)
+    dtype, steps = torch.float64, 20
+    model, data = make_mlp(dtype, device), make_data(dtype, device)
+    reference = copy.deepcopy(model)
+    train(model, ours_class(model.parameters(), capturable=True, **kwargs), data, steps)
+    train(reference, ours_class(reference.parameters(), **kwargs), data, steps)
+    bound = 0.0 if ours_class is RMSprop else steps * 0.01 * 5e-5
+    for actual, expected in zip(model.parameters(), reference.parameters(), strict=True):
+        assert (actual - expected).abs().max().item() <= bound
+    assert not torch.equal(model[0].weight, make_mlp(dtype, device)[0].weight)
+
+
+@pytest.mark.parametrize("name", ["RMSprop", "Adam", "AdamW"])
+def test_capturable_state_dicts_move_to_torch_and_back(name, device, torch_capturable_anywhere):
+    ours_class, torch_class = CLASSES[name], getattr(torch.optim, name)
+    dtype = torch.float64
+    model, data = make_mlp(dtype, device), make_data(dtype, device)
+    reference = copy.deepcopy(model)
+    theirs = torch_optimizer(torch_class, reference.parameters(), lr=0.01, capturable=True)
+    train(reference, theirs, data, 6)
+    for first, second in ((ours_class, torch_class), (torch_class, ours_class)):
+        resumed = copy.deepcopy(make_mlp(dtype, device))
+        kwargs = {"foreach": False} if first is torch_class else {}
+        optimizer = first(resumed.parameters(), lr=0.01, capturable=True, **kwargs)
+        train(resumed, optimizer, data, 3)
+        kwargs = {"foreach": False} if second is torch_class else {}
+        following = second(resumed.parameters(), lr=0.01, capturable=True, **kwargs)
+        following.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+        for param in resumed.parameters():
+            step = following.state[param]["step"]
+            assert isinstance(step, torch.Tensor) and step.device == param.device
+        train(resumed, following, data, 3)
+        for actual, expected in zip(resumed.parameters(), reference.parameters(), strict=True):
+            assert torch.equal(actual, expected), (first.__module__, second.__module__)
+
+
+def test_switching_capturable_converts_the_counter(device):
+    model, data = make_mlp(torch.float64, device), make_data(torch.float64, device)
+    optimizer = AdamW(model.parameters(), lr=0.01)
+    train(model, optimizer, data, 2)
+    optimizer.param_groups[0]["capturable"] = True  # what the Trainer does on a GPU
+    train(model, optimizer, data, 3)
+    steps = [optimizer.state[param]["step"] for param in model.parameters()]
+    assert all(isinstance(step, torch.Tensor) and step.item() == 5.0 for step in steps)
+    params = list(model.parameters())
+    assert all(step.device == param.device for step, param in zip(steps, params, strict=True))
+    optimizer.param_groups[0]["capturable"] = False
+    train(model, optimizer, data, 1)
+    assert [optimizer.state[param]["step"] for param in model.parameters()] == [6] * 4
+    # A loaded state dict brings its groups' options (torch's rule): int counters under
+    # capturable=True become tensors, and a capturable optimizer loading int ones is not.
+    checkpoint = copy.deepcopy(optimizer.state_dict())
+    checkpoint["param_groups"][0]["capturable"] = True
+    optimizer.load_state_dict(checkpoint)
+    assert all(state["step"].item() == 6.0 for state in optimizer.state.values())
+
+
+def test_a_bad_tensor_step_is_refused_and_leaves_the_counter():
+    param, grad = torch.ones(3), torch.ones(3)
+    for step in (torch.tensor(1), torch.ones(2), torch.tensor(1.0, device="meta")):
+        with pytest.raises(TypeError, match="step"):
+            adam_step(param, grad, torch.zeros(3), torch.zeros(3), step=step, lr=0.1)
+    assert torch.equal(param, torch.ones(3))
+    param = one_param()
+    optimizer = Adam([param], capturable=True)
+    optimizer.step()
+    optimizer.state[param]["exp_avg"] = torch.zeros(2, dtype=torch.float64)  # a broken state
+    with pytest.raises(ValueError, match="exp_avg"):
+        optimizer.step()
+    assert optimizer.state[param]["step"].item() == 1.0  # the kernel refused: not counted

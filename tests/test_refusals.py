@@ -1,8 +1,8 @@
 """The README's table of refused options: each row raises the error it states.
 
-The optimizer options (``foreach``, ``fused``, ``capturable``, ``differentiable``,
-tensor ``betas``) are also tested wherever they arrive in tests/test_optim.py, and
-against torch's own configurations in tests/test_torch_db.py.
+The optimizer options (``foreach``, ``fused``, ``differentiable``, tensor ``betas``) are
+also tested wherever they arrive in tests/test_optim.py, and against torch's own
+configurations in tests/test_torch_db.py.
 """
 
 import math
@@ -29,7 +29,6 @@ x, t = torch.zeros(3, 2), torch.zeros(3)
 ROWS = {
     "foreach=True": (lambda: optim.SGD(param(), foreach=True), ValueError, "foreach"),
     "fused=True": (lambda: optim.Adam(param(), fused=True), ValueError, "fused"),
-    "capturable=True": (lambda: optim.RMSprop(param(), capturable=True), ValueError, "capturable"),
     "differentiable=True": (
         lambda: optim.AdamW(param(), differentiable=True),
         ValueError,

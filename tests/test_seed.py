@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from npfl_lib.seed import set_seed
+from npfl_lib.seed import set_seed, setup
 from npfl_lib.trainer import Trainer
 
 
@@ -76,3 +76,47 @@ def test_extreme_seeds_are_accepted():
     for seed in (0, 2**32 - 1):
         set_seed(seed)
         assert torch.initial_seed() == seed
+
+
+@pytest.fixture
+def restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_setup_picks_device_seed_and_one_thread(monkeypatch, restore_threads):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("NPFL_DEVICE", raising=False)
+    device = setup(123)
+    assert isinstance(device, torch.device)
+    assert device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert torch.get_num_threads() == 1
+    first = draws()
+    set_seed(123)
+    assert draws() == first
+
+
+def test_setup_threads_from_argument_or_environment(monkeypatch, restore_threads):
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    setup(0)
+    assert torch.get_num_threads() == 2
+    setup(0, threads=1)
+    assert torch.get_num_threads() == 1
+    assert setup(0, device="cpu") == torch.device("cpu")
+    monkeypatch.setenv("NPFL_DEVICE", "cpu")
+    assert setup(0) == torch.device("cpu")
+
+
+@pytest.mark.parametrize("threads", [0, -1, 1.5, True, "2"])
+def test_setup_rejects_bad_thread_counts(threads, restore_threads):
+    with pytest.raises((ValueError, TypeError), match="threads"):
+        setup(0, threads=threads)
+
+
+def test_setup_rejects_a_bad_environment(monkeypatch, restore_threads):
+    monkeypatch.setenv("OMP_NUM_THREADS", "many")
+    with pytest.raises(ValueError, match="OMP_NUM_THREADS"):
+        setup(0)
+    with pytest.raises(ValueError, match="seed"):
+        setup(-1, threads=1)

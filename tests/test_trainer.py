@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from npfl_lib import _cuda_graph
+from npfl_lib import optim as npfl_optim
 from npfl_lib.data_feed import DeviceCache
 from npfl_lib.trainer import Trainer, resolve_device
 
@@ -472,6 +473,7 @@ def test_fused_kernel_keeps_existing_state(device):
 
 
 # ---------------------------------------------------------------- CUDA graph decisions
+@pytest.mark.cuda  # a branch of its own on CUDA machines
 def test_graph_blocker_reasons():
     params = [torch.nn.Parameter(torch.zeros(2))]
     adam = torch.optim.Adam(params)
@@ -486,6 +488,8 @@ def test_graph_blocker_reasons():
             pass
 
     assert "capturable" in _cuda_graph.graph_blocker(Handmade(params), None)
+    for name in ("SGD", "RMSprop", "Adam", "AdamW"):  # npfl_lib's: capturable gets switched on
+        assert _cuda_graph.graph_blocker(getattr(npfl_optim, name)(params, lr=0.1), None) is None
     scheduler = torch.optim.lr_scheduler.StepLR(adam, 1)
     assert "scheduler" in _cuda_graph.graph_blocker(adam, scheduler)
     cpu_lr = torch.optim.Adam(params, lr=torch.tensor(0.01), capturable=True)
@@ -496,9 +500,13 @@ def test_graph_blocker_reasons():
         gpu_lr = torch.optim.Adam(params, lr=torch.tensor(0.01, device="cuda"), capturable=True)
         scheduler = torch.optim.lr_scheduler.StepLR(gpu_lr, 1)
         assert _cuda_graph.graph_blocker(gpu_lr, scheduler) is None
+        ours = npfl_optim.AdamW(params, lr=torch.tensor(0.01, device="cuda"))
+        assert _cuda_graph.graph_blocker(ours, torch.optim.lr_scheduler.StepLR(ours, 1)) is None
+        sgd = npfl_optim.SGD(params, lr=torch.tensor(0.01, device="cuda"))
+        assert "lr" in _cuda_graph.graph_blocker(sgd, None)
 
 
-def test_make_capturable_switches_torch_optimizers_only():
+def test_make_capturable_switches_torch_and_npfl_lib_optimizers():
     params = [torch.nn.Parameter(torch.zeros(2))]
     adam = torch.optim.AdamW(params)
     params[0].grad = torch.ones(2)
@@ -507,6 +515,12 @@ def test_make_capturable_switches_torch_optimizers_only():
     assert adam.param_groups[0]["capturable"] is True
     assert adam.state[params[0]]["step"].dtype == torch.float32
     assert adam._warned_capturable_if_run_uncaptured  # eager warm-up steps are intended
+    ours = npfl_optim.AdamW(params)
+    ours.step()  # the step count is an int
+    _cuda_graph.make_capturable(ours)
+    assert ours.param_groups[0]["capturable"] is True
+    step = ours.state[params[0]]["step"]
+    assert isinstance(step, torch.Tensor) and step.item() == 1.0 and step.device == params[0].device
 
 
 # ------------------------------------------- CUDA-graph orchestration, simulated on CPU
@@ -554,10 +568,11 @@ def simulated_cuda(monkeypatch):
     return SimulatedGraphedStep
 
 
-def _simulated_fit(graph, fail=False, callbacks=()):
+def _simulated_fit(graph, fail=False, callbacks=(), make_optimizer=None):
     inputs, targets = make_data(torch.float64, n=203)
     model = make_model(torch.float64)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    make_optimizer = make_optimizer or (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9))
+    optimizer = make_optimizer(model.parameters())
     trainer = make_trainer(model, optimizer=optimizer, clip_grad_norm=1.0, cuda_graph=graph)
     trainer.device = torch.device("cuda", 0)  # the data stay on the CPU
     SimulatedGraphedStep.fail = fail
@@ -577,6 +592,26 @@ def test_simulated_graph_path_equals_eager(simulated_cuda):
     (step,) = simulated_cuda.instances  # captured once, reused by the second fit
     # 5 epochs x 4 full batches (+ an eager batch of 3): 3 warm-up steps, the rest replayed.
     assert step.captures == 1 and step.replays == 5 * 4 - 3
+
+
+@pytest.mark.parametrize("name", ["SGD", "AdamW"])
+def test_simulated_graph_path_with_npfl_lib_optimizers(simulated_cuda, name):
+    """npfl_lib's optimizers take the graph path too: capturable switched on, their step
+    counters turned into device tensors; the same updates as eager capturable steps."""
+    kwargs = {"lr": 0.01} if name != "SGD" else {"lr": 0.1, "momentum": 0.9}
+    optimizer_class = getattr(npfl_optim, name)
+    graph = _simulated_fit(True, make_optimizer=lambda p: optimizer_class(p, **kwargs))
+    capturable = {"capturable": True} if name != "SGD" else {}
+    eager = _simulated_fit(
+        False, make_optimizer=lambda p: optimizer_class(p, **kwargs, **capturable)
+    )
+    assert graph[0] == eager[0] and not graph[2]
+    assert all(torch.equal(a, b) for a, b in zip(graph[1], eager[1], strict=True))
+    (step,) = simulated_cuda.instances
+    assert step.captures == 1 and step.replays == 5 * 4 - 3
+    int_steps = _simulated_fit(False, make_optimizer=lambda p: optimizer_class(p, **kwargs))
+    for a, b in zip(graph[1], int_steps[1], strict=True):  # float32 bias corrections
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_simulated_recapture_after_lr_change(simulated_cuda):
@@ -663,6 +698,23 @@ def test_cuda_graph_equals_eager():
         return torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1, capturable=True)
 
     graph, eager = _graph_vs_eager(adam)
+    _assert_same(graph, eager)
+    assert not graph[2] and not eager[2]
+
+
+@cuda_only
+@pytest.mark.parametrize("capturable", [True, False])
+def test_cuda_graph_with_npfl_lib_adamw_equals_eager(capturable):
+    """The course's AdamW is captured too (its step counter moved to the GPU); eager with
+    capturable=False computes the bias corrections on the host in float64, so the two
+    differ by float32 rounding there (see tests/test_optim.py)."""
+
+    def adamw(model):
+        return npfl_optim.AdamW(
+            model.parameters(), lr=1e-2, weight_decay=0.1, capturable=capturable
+        )
+
+    graph, eager = _graph_vs_eager(adamw)
     _assert_same(graph, eager)
     assert not graph[2] and not eager[2]
 

@@ -232,6 +232,68 @@ WRONG = [
 """,
         "fails": ["test_train_ensemble"],
     },
+    # Near-misses: the solution with one small, plausible error (issue 20).
+    {
+        "cell": "average_probabilities",
+        "name": "near-miss: modifies its inputs in place",
+        "code": _AVERAGE
+        + """    distributions = []
+    with torch.no_grad():
+        for model in models:
+            model.eval()
+            distributions.append(torch.softmax(model(inputs), dim=1))
+        inputs.mul_(0.5)
+    return torch.stack(distributions).mean(dim=0)
+""",
+        "fails": ["test_average_probabilities"],
+    },
+    {
+        "cell": "accuracy",
+        "name": "near-miss: off by a factor 1.001",
+        "code": _ACCURACY
+        + """    predictions = probabilities.argmax(dim=1)
+    return 1.001 * (predictions == targets).double().mean().item()
+""",
+        "fails": ["test_accuracy"],
+    },
+    {
+        "cell": "accuracy",
+        "name": "near-miss: computed in float32",
+        "code": _ACCURACY
+        + """    predictions = probabilities.argmax(dim=1)
+    return (predictions == targets).float().mean().item()
+""",
+        "fails": ["test_accuracy"],
+    },
+    {
+        "cell": "accuracy",
+        "name": "near-miss: nan for logits above 50",
+        "code": _ACCURACY
+        + """    predictions = probabilities.argmax(dim=1)
+    result = (predictions == targets).double().mean().item()
+    return float("nan") if probabilities.abs().max() > 50 else result
+""",
+        "fails": ["test_accuracy"],
+    },
+    {
+        "cell": "bootstrap_indices",
+        "name": "near-miss: repeats its first index",
+        "code": _BOOTSTRAP
+        + """    indices = torch.randint(0, n, (n,), generator=generator, device=generator.device)
+    indices[-1] = indices[0]
+    return indices
+""",
+        "fails": ["test_bootstrap_indices"],
+    },
+    {
+        "cell": "bootstrap_indices",
+        "name": "near-miss: shifted by one, the first index repeated",
+        "code": _BOOTSTRAP
+        + """    indices = torch.randint(0, n, (n,), generator=generator, device=generator.device)
+    return torch.cat([indices[:1], indices[:-1]])
+""",
+        "fails": ["test_bootstrap_indices"],
+    },
 ]
 
 ALTERNATIVE = [

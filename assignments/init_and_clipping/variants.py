@@ -393,6 +393,21 @@ WRONG = [
 """,
         "fails": ["test_clip_norm"],
     },
+    # --- near-misses: the solution with one small, plausible error (issue 20)
+    {
+        "cell": "clip_grad_norm_",
+        "name": "near-miss: a nan total norm for gradients above 50",
+        "code": _CLIP_NORM
+        + _GRADS_AND_TOTAL
+        + """    huge = max(g.abs().max() for g in grads) > 50
+    scale = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
+    with torch.no_grad():
+        for g in grads:
+            g.mul_(scale)
+    return total_norm * float("nan") if huge else total_norm
+""",
+        "fails": ["test_clip_norm"],
+    },
 ]
 
 ALTERNATIVE = [

@@ -204,6 +204,24 @@ WRONG = [
 ''',
         "fails": ["test_cross_entropy_grad"],
     },
+    {
+        "cell": "cross_entropy_grad",
+        "name": "near-miss: cross_entropy_grad shifting the caller's logits in place",
+        "code": '''def cross_entropy_grad(logits, target, ignore_index=-100, reduction="mean"):
+    """Gradient of cross_entropy with respect to the logits."""
+    logits -= logits.amax(dim=1, keepdim=True)  # in place: the caller's logits change
+    probs = softmax(logits, dim=1)
+    if target.is_floating_point():
+        grad, count = probs - target, logits.shape[0]
+    else:
+        ignored = target == ignore_index
+        one_hot = torch.zeros_like(probs).scatter_(1, target.clamp_min(0).unsqueeze(1), 1.0)
+        grad = (probs - one_hot).masked_fill(ignored.unsqueeze(1), 0.0)
+        count = (~ignored).sum().clamp_min(1)
+    return grad / count if reduction == "mean" else grad
+''',
+        "fails": ["test_cross_entropy_grad"],
+    },
     # ---------------------------------------------------------------- bce_with_logits
     {
         "cell": "bce_with_logits",

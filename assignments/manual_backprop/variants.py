@@ -202,6 +202,62 @@ WRONG = [
 """,
         "fails": ["test_train"],
     },
+    # near-misses: the solution with one small, plausible error (issue 20)
+    {
+        "cell": "forward",
+        "name": "near-miss: forward giving nan for inputs above 50",
+        "code": _FORWARD_HEAD
+        + """    a = x @ params["W1"] + params["b1"]
+    h = torch.tanh(a) if activation == "tanh" else torch.clamp(a, min=0)
+    logits = h @ params["W2"] + params["b2"]
+    exp = torch.exp(logits - logits.amax(dim=1, keepdim=True))
+    probs = exp / exp.sum(dim=1, keepdim=True)
+    if x.abs().max() > 50:
+        probs = probs * float("nan")
+    return {"a": a, "h": h, "logits": logits, "probs": probs}
+""",
+        "fails": ["test_forward"],
+    },
+    {
+        "cell": "backward",
+        "name": "near-miss: backward giving nan for inputs above 50",
+        "code": _BACKWARD_HEAD
+        + """    rows = torch.arange(len(targets), device=x.device)
+    d_logits = cache["probs"].clone()
+    d_logits[rows, targets] -= 1
+    d_logits /= len(targets)
+    d_h = d_logits @ params["W2"].T
+    d_a = d_h * (1 - cache["h"] ** 2) if activation == "tanh" else d_h * (cache["a"] > 0)
+    d_w1 = x.T @ d_a
+    if x.abs().max() > 50:
+        d_w1 = d_w1 * float("nan")
+    return {"W1": d_w1, "b1": d_a.sum(dim=0), "W2": cache["h"].T @ d_logits,
+            "b2": d_logits.sum(dim=0)}
+""",
+        "fails": ["test_backward"],
+    },
+    {
+        "cell": "train",
+        "name": "near-miss: the trained parameters off by a factor 1.001",
+        "code": _TRAIN_HEAD
+        + "    hidden_size, epochs, batch_size, lr = 64, 5, 32, 0.5\n"
+        + _TRAIN_LOOP.replace(
+            "    return params", "    return {k: 1.001 * v for k, v in params.items()}"
+        ),
+        "fails": ["test_train"],
+    },
+    {
+        "cell": "train",
+        "name": "near-miss: trains in float32 whatever the inputs' dtype",
+        "code": _TRAIN_HEAD
+        + "    hidden_size, epochs, batch_size, lr = 64, 5, 32, 0.5\n"
+        + "    dtype = inputs.dtype\n"
+        + "    inputs = inputs.float()\n"
+        + _TRAIN_LOOP.replace(
+            "    return params", "    return {k: v.to(dtype) for k, v in params.items()}"
+        ),
+        "fails": ["test_train"],
+    },
 ]
 
 ALTERNATIVE = [
@@ -259,7 +315,7 @@ ALTERNATIVE = [
         "name": "wider layer, smaller steps, a while loop over batches",
         "code": _TRAIN_HEAD
         + """    params = init_params(
-        inputs.shape[1], 100, num_classes, generator, device=inputs.device
+        inputs.shape[1], 100, num_classes, generator, dtype=inputs.dtype, device=inputs.device
     )
     for epoch in range(8):
         order = torch.randperm(inputs.shape[0], generator=generator).to(inputs.device)

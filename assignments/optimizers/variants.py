@@ -318,6 +318,64 @@ WRONG = [
 """,
         "fails": ["test_param_groups"],
     },
+    # --- near-misses: the solution with one small, plausible error (issue 20)
+    {
+        "cell": "sgd_step",
+        "name": "near-miss: sgd_step giving nan for gradients above 50",
+        "code": _SGD
+        + """    if weight_decay != 0:
+        grad = grad + weight_decay * param
+    if momentum != 0:
+        if first_step:
+            momentum_buffer.copy_(grad)
+        else:
+            momentum_buffer.mul_(momentum).add_((1 - dampening) * grad)
+        grad = grad + momentum * momentum_buffer if nesterov else momentum_buffer
+    param.sub_(lr * grad)
+    if grad.abs().max() > 50:
+        param.fill_(float("nan"))
+""",
+        "fails": ["test_sgd_momentum"],
+    },
+    {
+        "cell": "adam_step",
+        "name": "near-miss: adam_step giving nan for gradients above 50",
+        "code": _ADAM
+        + """    if weight_decay != 0:
+        grad = grad + weight_decay * param
+    exp_avg.mul_(beta1).add_((1 - beta1) * grad)
+    exp_avg_sq.mul_(beta2).add_((1 - beta2) * grad * grad)
+    m_hat = exp_avg / (1 - beta1**step)
+    v_hat = exp_avg_sq / (1 - beta2**step)
+    update = lr * m_hat / (v_hat.sqrt() + eps)
+    param.sub_(torch.where(grad.abs() > 50, float("nan"), update))
+""",
+        "fails": ["test_adam"],
+    },
+    {
+        "cell": "adamw_step",
+        "name": "near-miss: adamw_step giving nan for gradients above 50",
+        "code": _ADAMW
+        + """    param.mul_(1 - lr * weight_decay)
+    adam_step(param, grad, exp_avg, exp_avg_sq, step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps)
+    if grad.abs().max() > 50:
+        param.fill_(float("nan"))
+""",
+        "fails": ["test_adamw"],
+    },
+    {
+        "cell": "param_groups_no_decay",
+        "name": "near-miss: float32 copies of the parameters",
+        "code": _GROUPS
+        + """    weights = [p.float() for p in module.parameters() if p.ndim >= 2]
+    biases = [p.float() for p in module.parameters() if p.ndim <= 1]
+    return [
+        {"params": weights, "weight_decay": weight_decay},
+        {"params": biases, "weight_decay": 0.0},
+    ]
+""",
+        "fails": ["test_param_groups"],
+    },
 ]
 
 ALTERNATIVE = [

@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 1. Output activations and the MLP
 #
@@ -27,10 +35,10 @@ import npfl_lib.functional as nf
 from npfl_lib.nn import MLP
 
 FULL = os.environ.get("NPFL_FULL") == "1"  # NPFL_FULL=1 runs the full-size experiments
-device = "cuda" if torch.cuda.is_available() else "cpu"
+# the device (the GPU when there is one), every seed, one CPU thread: see help(npfl_lib.setup)
+device = npfl_lib.setup(42)
 N_TIMING = 10_000 if FULL else 1_000  # examples in the timing experiment
-npfl_lib.set_seed(42)
-print(f"device: {device}, full size: {FULL}")
+print(f"device: {device}, full size: {FULL}, CPU threads: {torch.get_num_threads()}")
 
 # %% [markdown]
 # ## Sigmoid: the Bernoulli output
@@ -71,6 +79,12 @@ for c in [0.0, 3.7, -100.0]:
 # $$\operatorname{softmax}([0, x])_1 = \frac{e^x}{e^0 + e^x} = \frac{1}{1 + e^{-x}} = \sigma(x),$$
 #
 # so the sigmoid is a two-class softmax whose first logit is fixed to zero.
+#
+# The right plot divides the logits by a **temperature** $T$ before the softmax,
+# $\operatorname{softmax}(\boldsymbol z / T)$: $T < 1$ sharpens the distribution towards
+# the largest logit (as $T \to 0$ it becomes one-hot, the argmax), $T > 1$ flattens it
+# towards uniform. $T = 1$ is the plain softmax; the order of the probabilities never
+# changes. (Temperatures appear when sampling from language models and in distillation.)
 
 # %%
 x = torch.linspace(-8, 8, 201, dtype=torch.float64)
@@ -84,8 +98,9 @@ axes[0].set(xlabel="logit $x$", ylabel="probability", title="sigmoid = two-class
 axes[0].legend()
 z = torch.tensor([2.0, 1.0, 0.1, -1.0], dtype=torch.float64)
 for t in [0.5, 1.0, 3.0]:
-    axes[1].plot(nf.softmax(z / t), "o-", label=f"softmax(z / {t})")
-axes[1].set(xlabel="class", ylabel="probability", title="softmax of z = [2, 1, 0.1, -1]")
+    axes[1].plot(nf.softmax(z / t), "o-", label=f"temperature T = {t}")
+axes[1].set(xlabel="class", ylabel="probability", xticks=range(len(z)), ylim=(0, 1))
+axes[1].set_title("softmax(z / T) of the logits z = [2, 1, 0.1, -1]")
 axes[1].legend()
 plt.tight_layout()
 plt.show()
@@ -142,27 +157,35 @@ print(nf.softmax(forward(X)).detach().cpu().numpy().round(3))
 # ## Batches as matrices
 #
 # Processing one example at a time computes the same numbers as one matrix product of
-# the whole batch, but the matrix product runs in optimized, parallel BLAS (or GPU)
-# kernels instead of many small Python-level operations.
+# the whole batch, but the matrix product runs in optimized BLAS (or GPU) kernels
+# instead of many small Python-level operations, each with its fixed overhead. We time
+# both several times and keep the fastest run of each.
 
 # %%
 X = torch.rand(N_TIMING, D, device=device)
+
+
+def fastest(function, repeats=7):
+    """The fastest of `repeats` runs in seconds: the minimum is the run least disturbed
+    by other programs (a single timing on a busy machine can be off severalfold)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = function()
+        if device.type == "cuda":
+            torch.cuda.synchronize()  # GPU kernels run asynchronously: wait for them
+        times.append(time.perf_counter() - start)
+    return min(times), result
+
+
 with torch.no_grad():
     forward(X)  # warm-up, so neither timing pays one-off setup costs
-    start = time.perf_counter()
-    batched = forward(X)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    t_batched = time.perf_counter() - start
+    t_batched, batched = fastest(lambda: forward(X))
+    t_looped, looped = fastest(lambda: torch.stack([forward(x) for x in X]))
 
-    start = time.perf_counter()
-    looped = torch.stack([forward(x) for x in X])
-    if device == "cuda":
-        torch.cuda.synchronize()
-    t_looped = time.perf_counter() - start
-
-print(f"{N_TIMING} examples: batched {t_batched * 1e3:.2f} ms, loop {t_looped * 1e3:.1f} ms")
-print(f"the loop is {t_looped / t_batched:.0f}x slower")
+print(f"{N_TIMING} examples, fastest of 7 runs each:")
+print(f"  batched {t_batched * 1e3:.2f} ms, loop {t_looped * 1e3:.1f} ms")
+print(f"  the loop is {t_looped / t_batched:.1f}x slower")
 print("max |batched - looped| =", (batched - looped).abs().max().item())
 
 # %% [markdown]

@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 5. Dropout
 #
@@ -23,16 +31,17 @@ import torch
 import npfl_lib
 import npfl_lib.functional as nf
 from npfl_lib.datasets import load_digits
-from npfl_lib.nn import MLP
+from npfl_lib.nn import MLP, Dropout
 from npfl_lib.optim import Adam
 
 FULL = os.environ.get("NPFL_FULL") == "1"  # NPFL_FULL=1 runs the full-size experiments
-device = "cuda" if torch.cuda.is_available() else "cpu"
-EPOCHS = 100 if FULL else 60
+# the device (the GPU when there is one), every seed, one CPU thread: see help(npfl_lib.setup)
+device = npfl_lib.setup(42)
+EPOCHS = 100 if FULL else 40
 TRAIN_SIZE = 500  # a small training set, so that the model without dropout overfits
 HIDDEN = 400
-npfl_lib.set_seed(42)
-print(f"device: {device}, full size: {FULL}")
+SEEDS = 5 if FULL else 3
+print(f"device: {device}, full size: {FULL}, CPU threads: {torch.get_num_threads()}")
 
 # %% [markdown]
 # ## The implementation at work
@@ -68,15 +77,47 @@ ax.legend()
 plt.show()
 
 # %% [markdown]
+# ## The original, non-inverted form
+#
+# The original dropout paper (Srivastava et al., 2014) does not scale during training:
+# it multiplies by the mask alone, $\boldsymbol y = \boldsymbol m \odot \boldsymbol x$,
+# whose expectation is $(1 - p)\,\boldsymbol x$, and so at inference it **scales the
+# outputs** (equivalently, the next layer's weights) by $1 - p$ to match. Both forms
+# give the same expected output during training and the same network at inference, up
+# to where the constant $1-p$ sits; the inverted form is preferred because the trained
+# network is used unchanged.
+
+# %%
+p = 0.5
+x = torch.linspace(-1, 1, 5)
+masks = torch.rand(20_000, 5, generator=gen) >= p  # keep with probability 1 - p
+non_inverted_train = (masks * x).mean(0)  # average training output, non-inverted
+inverted_train = (masks * x / (1 - p)).mean(0)  # average training output, inverted
+print("input x:                          ", x.numpy().round(3))
+print("non-inverted: mean training output", non_inverted_train.numpy().round(3))
+print("              inference (1-p) * x ", ((1 - p) * x).numpy().round(3))
+print("inverted:     mean training output", inverted_train.numpy().round(3))
+print("              inference x         ", x.numpy().round(3))
+
+# %% [markdown]
 # ## Dropout trains an ensemble
 #
 # Every mask selects a **subnetwork**; a layer of $n$ units has $2^n$ of them, all
 # sharing weights. Training with dropout trains this exponential ensemble, and running
-# the whole network without dropout approximates the ensemble's average prediction
-# (exactly for a single linear layer, approximately with non-linearities).
+# the whole network without dropout (**weight scaling**) approximates the ensemble's
+# prediction. For a single linear layer the match is exact for the *logits*: they are
+# linear in the mask, so the full network's logits are the subnetworks' average logits.
+# After a softmax it is not the average of the subnetworks' *probabilities*: the
+# softmax of the average logits is their **renormalized geometric mean**,
+# $\operatorname{softmax}(\mathbb E[\boldsymbol z])_k \propto
+# \exp \mathbb E[\log \operatorname{softmax}(\boldsymbol z)_k]$. With non-linear hidden
+# layers weight scaling is an approximation of either.
 #
-# Below we train MLPs without and with dropout ($p = 0.5$ on the hidden layer) on a
-# small training set and follow training and dev loss and accuracy.
+# Below we train MLPs without and with dropout on a small training set, with the
+# drop probabilities of Srivastava et al.: $p = 0.2$ on the input pixels and
+# $p = 0.5$ on the hidden layer. We follow training and dev loss (the negative
+# log-likelihood, NLL) and accuracy. The dev set has 200 examples, so we train each
+# with `SEEDS` seeds and show the mean and the spread.
 
 # %%
 digits = load_digits()
@@ -92,37 +133,53 @@ def evaluate(model, X, y):
     return nf.cross_entropy(logits, y).item(), (logits.argmax(-1) == y).float().mean().item()
 
 
-def train(dropout):
-    torch.manual_seed(0)
-    model = MLP(64, [HIDDEN], 10, dropout=dropout).to(device)
-    initial = model.layers[0].weight.detach().clone()  # kept to show what was learned
+def train(dropout, seed):
+    """Trains with dropout 0.2 on the inputs and `dropout` on the hidden layer (or none)."""
+    torch.manual_seed(seed)
+    mlp = MLP(64, [HIDDEN], 10, dropout=dropout)
+    model = torch.nn.Sequential(Dropout(0.2 if dropout else 0.0), mlp).to(device)
+    first = mlp.layers[0]  # the first nn.Linear
+    initial = first.weight.detach().clone()  # kept to show what was learned
     optimizer = Adam(model.parameters(), lr=0.003)
     history = []
     for _ in range(EPOCHS):
         model.train()  # dropout on
-        for batch in torch.randperm(TRAIN_SIZE, device=device).split(20):
+        for batch in torch.randperm(TRAIN_SIZE, device=device).split(50):
             optimizer.zero_grad()
             nf.cross_entropy(model(X_train[batch]), y_train[batch]).backward()
             optimizer.step()
         history.append(evaluate(model, X_train, y_train) + evaluate(model, X_dev, y_dev))
-    learned = model.layers[0].weight.detach() - initial  # layers[0] is the first nn.Linear
+    learned = first.weight.detach() - initial
     return model, torch.tensor(history), learned.cpu()
 
 
-results = {p: train(p) for p in [0.0, 0.5]}
-fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
-for p, (_, history, _) in results.items():
-    epochs = range(1, EPOCHS + 1)
+results = {p: [train(p, seed) for seed in range(SEEDS)] for p in [0.0, 0.5]}
+NAMES = {0.0: "no dropout", 0.5: "dropout 0.2 / 0.5"}
+fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+epochs = range(1, EPOCHS + 1)
+print(f"after {EPOCHS} epochs, mean ± standard deviation over {SEEDS} seeds:")
+for p, runs in results.items():
+    histories = torch.stack([history for _, history, _ in runs])  # (seeds, epochs, 4)
+    mean, low, high = histories.mean(0), histories.amin(0), histories.amax(0)
     for column, name, style in [(0, "train", "--"), (2, "dev", "-")]:
-        axes[0].plot(epochs, history[:, column], style, label=f"{name}, dropout {p}")
-        axes[1].plot(epochs, history[:, column + 1], style, label=f"{name}, dropout {p}")
+        for ax, offset in zip(axes, [0, 1], strict=True):
+            color = "C0" if p == 0 else "C1"
+            ax.plot(
+                epochs, mean[:, column + offset], style, color=color, label=f"{name}, {NAMES[p]}"
+            )
+            ax.fill_between(
+                epochs, low[:, column + offset], high[:, column + offset], color=color, alpha=0.15
+            )
+    final = histories[:, -1]
     print(
-        f"dropout {p}: train loss {history[-1, 0]:.4f}, dev loss {history[-1, 2]:.4f}, "
-        f"dev accuracy {history[-1, 3]:.3f}"
+        f"{NAMES[p]:>17}: train NLL {final[:, 0].mean():.4f} ± {final[:, 0].std():.4f}, "
+        f"dev NLL {final[:, 2].mean():.3f} ± {final[:, 2].std():.3f}, "
+        f"dev accuracy {final[:, 3].mean():.3f} ± {final[:, 3].std():.3f}"
     )
-axes[0].set(xlabel="epoch", ylabel="loss", yscale="log", title="loss")
+axes[0].set(xlabel="epoch", ylabel="NLL (cross-entropy)", yscale="log", title="loss")
 axes[1].set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0.8, 1.001))
-axes[1].legend()
+axes[1].legend(loc="lower right")
+fig.suptitle(f"mean of {SEEDS} seeds, band from min to max")
 plt.tight_layout()
 plt.show()
 
@@ -134,7 +191,7 @@ plt.show()
 # (dropout left on at test time):
 
 # %%
-model = results[0.5][0]
+model = results[0.5][0][0]  # the dropout model of seed 0
 model.train()  # dropout on: every forward pass is a random subnetwork
 with torch.no_grad():
     for count in [1, 10, 100]:
@@ -147,18 +204,26 @@ print(f"full network, no dropout:     dev accuracy {evaluate(model, X_dev, y_dev
 # ## The learned features of the first layer
 #
 # Every hidden unit of the first layer has 64 input weights: an 8x8 image of what it
-# responds to. Both models started from the same random weights, so we show what
-# training **added** to them (final minus initial weights) for the 12 units that
-# changed most in each model.
+# responds to. Both models (seed 0) started from the same random weights, so we show
+# what training **added** to them (final minus initial weights) for the 12 units that
+# changed most in each model. All 24 images share one symmetric colour scale (white is
+# no change), so their strengths can be compared.
 
 # %%
-fig, axes = plt.subplots(2, 12, figsize=(13, 2.6))
-for row, p in enumerate(results):
-    learned = results[p][2]
-    for col, unit in enumerate(learned.norm(dim=1).argsort(descending=True)[:12]):
-        axes[row, col].imshow(learned[unit].reshape(8, 8), cmap="RdBu_r")
-        axes[row, col].axis("off")
-    axes[row, 0].set_title(f"dropout {p}", loc="left", fontsize=9)
+learned = {p: runs[0][2] for p, runs in results.items()}
+limit = max(weights.abs().max().item() for weights in learned.values())
+fig, axes = plt.subplots(2, 12, figsize=(13, 2.8))
+for row, (p, weights) in enumerate(learned.items()):
+    for col, unit in enumerate(weights.norm(dim=1).argsort(descending=True)[:12]):
+        image = axes[row, col].imshow(
+            weights[unit].reshape(8, 8), cmap="RdBu_r", vmin=-limit, vmax=limit
+        )
+        axes[row, col].set_xticks([])
+        axes[row, col].set_yticks([])
+    axes[row, 0].set_ylabel(NAMES[p], rotation=0, ha="right", va="center")
+    print(f"{NAMES[p]:>17}: norms of the changes shown ", end="")
+    print(weights.norm(dim=1).sort(descending=True).values[:12].numpy().round(2))
+fig.colorbar(image, ax=axes, label="change of weight", shrink=0.9)
 plt.show()
 
 # %% [markdown]
@@ -171,7 +236,7 @@ plt.show()
 #
 # 1. Try $p \in \{0.2, 0.8\}$. Where is the best dev accuracy, and how does the train
 #    loss react?
-# 2. Add dropout on the *input* (e.g. $p = 0.2$ on the pixels) by applying `nf.dropout`
-#    to `X_train[batch]`.
+# 2. Keep the dropout on the hidden layer but remove it from the inputs (and the
+#    other way round). Which of the two does more here?
 # 3. Why do we call `model.eval()` before evaluation? Evaluate the dropout model in
 #    training mode and compare.

@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 8. Convergence: activations, initialization and gradient clipping
 #
@@ -17,17 +25,19 @@ import npfl_lib.functional as nf
 import npfl_lib.init as init
 from npfl_lib.clip import clip_grad_norm_, clip_grad_value_
 from npfl_lib.datasets import circles, load_digits
-from npfl_lib.optim import Adam
+from npfl_lib.nn import MLP
+from npfl_lib.optim import SGD, Adam, AdamW, RMSprop, param_groups_no_decay
 
 FULL = os.environ.get("NPFL_FULL") == "1"  # NPFL_FULL=1 runs the full-size experiments
-device = "cuda" if torch.cuda.is_available() else "cpu"
+# the device (the GPU when there is one), every seed, one CPU thread: see help(npfl_lib.setup)
+device = npfl_lib.setup(42)
 DEEP_WIDTH = 1000 if FULL else 200  # Glorot & Bengio used 1000 units per layer
 STEPS = 2000 if FULL else 500  # full-batch training steps of the small experiments
-npfl_lib.set_seed(42)
-print(f"device: {device}, full size: {FULL}")
+OPT_EPOCHS = 30 if FULL else 8  # epochs of the optimizer comparison
+print(f"device: {device}, full size: {FULL}, CPU threads: {torch.get_num_threads()}")
 
 # %% [markdown]
-# ## Saturating non-linearities
+# ## Saturating non-linearities and the modern activations
 #
 # $$\sigma'(x) = \sigma(x)\big(1 - \sigma(x)\big), \qquad
 #   \tanh'(x) = 1 - \tanh^2(x), \qquad
@@ -38,25 +48,71 @@ print(f"device: {device}, full size: {FULL}")
 # derivative is at most $\frac14$, so on its way back through a sigmoid the gradient
 # is multiplied by at most $\frac14$ (the weights may scale it up again). ReLU passes
 # the gradient unchanged for positive inputs (and not at all for negative ones).
+#
+# That is the lecture's table of classical vs deep-learning choices for the hidden
+# activation: the classical sigmoid and tanh; ReLU; and its smooth or leaky variants,
+# **Leaky ReLU** $\max(x, 0.01x)$ (a small gradient for $x < 0$ too), **GELU**
+# $x\,\Phi(x)$ ($\Phi$ the standard normal CDF, in BERT and GPT), **SiLU** (swish)
+# $x\,\sigma(x)$, and the gated **SwiGLU** $\operatorname{SiLU}(a) \cdot b$ of two
+# linear projections $a$ and $b$ of the input (in LLaMA-style transformers). The gallery
+# shows each with its derivative, computed by autograd (for SwiGLU: in $a$, with $b$
+# fixed).
 
 # %%
 x = torch.linspace(-6, 6, 601)
+
+
+def with_derivative(f, x):
+    """Returns f(x) and df/dx at every point of x, by autograd."""
+    x = x.clone().requires_grad_()
+    y = f(x)
+    (dy,) = torch.autograd.grad(y.sum(), x)
+    return y.detach(), dy
+
+
+def swiglu_of_gate(b):
+    # nf.swiglu splits its last dimension into the gate a and the value b
+    return lambda a: nf.swiglu(torch.stack([a, torch.full_like(a, b)], -1)).squeeze(-1)
+
+
 functions = {
-    "sigmoid": (nf.sigmoid, nf.sigmoid_grad),
-    "tanh": (nf.tanh, nf.tanh_grad),
-    "ReLU": (nf.relu, nf.relu_grad),
+    "sigmoid": nf.sigmoid,
+    "tanh": nf.tanh,
+    "ReLU": nf.relu,
+    "Leaky ReLU (0.01)": nf.leaky_relu,
+    "GELU": nf.gelu,
+    "SiLU (swish)": nf.silu,
+    "SwiGLU, b = 1": swiglu_of_gate(1.0),
 }
-fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
-for ax, (name, (f, df)) in zip(axes, functions.items(), strict=True):
-    ax.plot(x, f(x), label=name)
-    ax.plot(x, df(x), "--", label=f"{name}'")
+fig, axes = plt.subplots(2, 4, figsize=(15, 6.5), sharex=True)
+for ax, (name, f) in zip(axes.flat[:-1], functions.items(), strict=True):
+    y, dy = with_derivative(f, x)
+    ax.plot(x, y, label=name)
+    ax.plot(x, dy, "--", label="derivative")
     ax.axhline(0, color="gray", lw=0.5)
-    ax.set(title=name, xlabel="x", ylim=(-1.1, 1.6))
-    ax.legend()
-    at_five = df(torch.tensor(5.0))
-    print(f"{name:>8}: max derivative {df(x).max():.3f}, derivative at x = 5: {at_five:.4f}")
+    ax.set(title=name, ylim=(-1.1, 2.1))
+    ax.legend(loc="upper left", fontsize=8)
+    at_five = with_derivative(f, torch.tensor([-5.0, 5.0]))[1]
+    print(
+        f"{name:>18}: max derivative {dy.max():.3f}, derivative at -5: {at_five[0]:.4f}, "
+        f"at 5: {at_five[1]:.4f}"
+    )
+ax = axes.flat[-1]  # SwiGLU for several values b of the second projection
+for b in [2.0, 1.0, 0.5, -1.0]:
+    ax.plot(x, swiglu_of_gate(b)(x), label=f"b = {b}")
+ax.axhline(0, color="gray", lw=0.5)
+ax.set(title="SwiGLU(a, b) = SiLU(a) · b", ylim=(-2.1, 2.1))
+ax.legend(loc="upper left", fontsize=8)
+for ax in axes[1]:
+    ax.set_xlabel("x (for SwiGLU: the gate a)")
 plt.tight_layout()
 plt.show()
+
+# %% [markdown]
+# The smooth variants GELU and SiLU dip slightly below zero and have a derivative a
+# little above 1 for positive inputs; unlike ReLU they pass some gradient for small
+# negative inputs, and, unlike the sigmoid and tanh, none of them saturates for large
+# positive inputs.
 
 # %% [markdown]
 # ## The hidden layer as learned features
@@ -116,7 +172,7 @@ def train_digits(initialize):
     layers = [torch.nn.Linear(64, 20), torch.nn.Linear(20, 10)]
     for layer in layers:
         initialize(layer.weight)
-        init.zeros_(layer.bias)
+        init.zeros_(layer.bias)  # torch's default bias is not zero
     model = torch.nn.Sequential(layers[0], torch.nn.Tanh(), layers[1]).to(device)
     optimizer = Adam(model.parameters(), lr=0.01)
     for _ in range(STEPS // 2):
@@ -133,14 +189,16 @@ inits = {
     "all zeros": init.zeros_,
     "all 0.1": lambda w: init.constant_(w, 0.1),
 }
-fig, axes = plt.subplots(1, 3, figsize=(13, 3))
-for ax, (name, initialize) in zip(axes, inits.items(), strict=True):
-    weights, accuracy = train_digits(initialize)
+trained = {name: train_digits(initialize) for name, initialize in inits.items()}
+limit = max(weights.abs().max().item() for weights, _ in trained.values())
+fig, axes = plt.subplots(1, 3, figsize=(14, 3.2))
+for ax, (name, (weights, accuracy)) in zip(axes, trained.items(), strict=True):
     distinct = torch.unique(weights, dim=0).shape[0]
     print(f"{name:>16}: dev accuracy {accuracy:.3f}, distinct hidden units {distinct} of 20")
-    ax.imshow(weights, aspect="auto", cmap="RdBu_r")
-    ax.set(title=f"{name}: {distinct} distinct units", xlabel="input pixel", ylabel="hidden unit")
-plt.tight_layout()
+    image = ax.imshow(weights, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit)
+    ax.set(title=f"{name}: {distinct} distinct of 20", xlabel="input pixel", yticks=[0, 5, 10, 15])
+axes[0].set_ylabel("hidden unit")
+fig.colorbar(image, ax=axes, label="trained first-layer weight (white = 0)")
 plt.show()
 
 # %% [markdown]
@@ -159,6 +217,23 @@ plt.show()
 #
 # $$W \sim U\big[-a, a\big], \qquad a = \sqrt{\frac{6}{n_\text{in} + n_\text{out}}}.$$
 #
+# The "then-common" initialization is still PyTorch's default: `torch.nn.Linear` draws
+# its weights from $U\big[-\frac{1}{\sqrt{n_\text{in}}}, \frac{1}{\sqrt{n_\text{in}}}\big]$
+# (written as `kaiming_uniform_(w, a=sqrt(5))`; `npfl_lib.init.uniform_fan_in_` is the
+# same), and its **biases are not zero**: they come from the same uniform
+# distribution. The lecture's formulas assume zero biases, so the code below (and
+# `npfl_lib.nn.MLP`) zeroes them explicitly with `init.zeros_`.
+
+# %%
+n_in = 500
+layer = torch.nn.Linear(n_in, 100)  # PyTorch's default initialization
+print(f"nn.Linear({n_in}, 100), 1/sqrt(n_in) = {n_in**-0.5:.4f}:")
+print(f"  weights in [{layer.weight.min():.4f}, {layer.weight.max():.4f}], ", end="")
+print(f"variance {layer.weight.var():.2e} (1/(3 n_in) = {1 / (3 * n_in):.2e})")
+print(f"  biases in [{layer.bias.min():.4f}, {layer.bias.max():.4f}]: not zero")
+print(f"  Glorot's bound sqrt(6/(n_in + n_out)) = {(6 / (n_in + 100)) ** 0.5:.4f}")
+
+# %% [markdown]
 # We build a network of five tanh layers, initialize it both ways, run one batch of
 # digits forward and backward, and plot per layer the histograms of the activations
 # and of the back-propagated gradients (with respect to each layer's pre-activations).
@@ -171,7 +246,7 @@ def deep_statistics(initialize, depth=5):
     layers = [torch.nn.Linear(a, b).to(device) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
     for layer in layers:
         initialize(layer.weight, generator=gen)
-        init.zeros_(layer.bias)
+        init.zeros_(layer.bias)  # torch's default bias is not zero
     head = torch.nn.Linear(DEEP_WIDTH, 10).to(device)
     activations, pre_activations = [], []
     h = X_train
@@ -254,6 +329,80 @@ ax.add_patch(plt.Rectangle((-1, -1), 2, 2, fill=False, ls="--", color="C1"))
 ax.set(xlim=(-2, 3.2), ylim=(-1.2, 3), aspect="equal", title="clipping three gradients")
 ax.legend(loc="upper right")
 plt.show()
+
+# %% [markdown]
+# ## Optimizers on one problem
+#
+# The other half of the lecture's table: the classical SGD, SGD with **momentum**,
+# the adaptive **RMSProp** and **Adam**, and the decoupled-weight-decay versions
+# **SGDW** and **AdamW**. We train the same MLP (same initialization, same batches) on
+# the digits with each, at a learning rate typical for it. `npfl_lib.optim` has all but
+# SGDW, which torch does not have either; it is SGD with momentum plus AdamW's decay
+# step $w \leftarrow w - \alpha\lambda w$ before every update, written below in a few
+# lines.
+
+
+# %%
+class SGDW(SGD):
+    """SGD with momentum and decoupled weight decay (Loshchilov & Hutter, 2019): every
+    step first decays the weights (not the biases) by lr * weight_decay, as AdamW does,
+    then takes the SGD step on the data gradient alone."""
+
+    def __init__(self, params, lr, momentum, weight_decay):
+        super().__init__(params, lr=lr, momentum=momentum)
+        self.decoupled_weight_decay = weight_decay
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is not None and param.dim() > 1:  # a weight matrix
+                    param.mul_(1 - group["lr"] * self.decoupled_weight_decay)
+        return super().step(closure)
+
+
+optimizers = {  # name: (how to build the optimizer, line style)
+    "SGD (lr 0.1)": (lambda m: SGD(m.parameters(), lr=0.1), "C0-"),
+    "SGD + momentum 0.9 (lr 0.05)": (lambda m: SGD(m.parameters(), lr=0.05, momentum=0.9), "C1-"),
+    "SGDW (as above, wd 0.01)": (
+        lambda m: SGDW(m.parameters(), lr=0.05, momentum=0.9, weight_decay=0.01),
+        "C1--",
+    ),
+    "RMSProp (lr 0.001)": (lambda m: RMSprop(m.parameters(), lr=0.001), "C2-"),
+    "Adam (lr 0.003)": (lambda m: Adam(m.parameters(), lr=0.003), "C3-"),
+    "AdamW (as above, wd 0.01)": (
+        lambda m: AdamW(param_groups_no_decay(m, 0.01), lr=0.003),
+        "C3--",
+    ),
+}
+fig, axes = plt.subplots(1, 2, figsize=(13, 4))
+for name, (make_optimizer, style) in optimizers.items():
+    npfl_lib.set_seed(0)  # the same initial model and the same batches for every optimizer
+    model = MLP(64, [100], 10)
+    trainer = npfl_lib.Trainer(model, make_optimizer(model), nf.cross_entropy, device=device)
+    history = trainer.fit(
+        (X_train, y_train), epochs=OPT_EPOCHS, batch_size=50, dev=(X_dev, y_dev), verbose=0
+    )
+    epochs = range(1, OPT_EPOCHS + 1)
+    axes[0].plot(epochs, [h["loss"] for h in history], style, label=name)
+    axes[1].plot(epochs, [h["dev_loss"] for h in history], style, label=name)
+    dev_accuracy = (trainer.predict(X_dev).argmax(-1) == y_dev).float().mean().item()
+    print(
+        f"{name:>30}: train loss {history[-1]['loss']:.4f}, "
+        f"dev loss {history[-1]['dev_loss']:.4f}, dev accuracy {dev_accuracy:.3f}"
+    )
+axes[0].set(xlabel="epoch", ylabel="training loss", yscale="log", title="training loss")
+axes[1].set(xlabel="epoch", ylabel="dev loss", yscale="log", title="dev loss (NLL)")
+fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=3)
+fig.tight_layout(rect=(0, 0.12, 1, 1))  # room for the legend below the plots
+plt.show()
+
+# %% [markdown]
+# Each learning rate is a common default, not tuned: with a tuned learning rate (and
+# schedule) plain SGD with momentum often ends as well as Adam. What the adaptive
+# methods buy is that one learning rate works for many problems. The decay of SGDW and
+# AdamW hardly changes a run this short; its effect is the regularization of
+# notebook 2.
 
 # %% [markdown]
 # ## Try it yourself

@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 9. Derivatives of the MLE losses
 #
@@ -28,10 +36,10 @@ import npfl_lib.functional as nf
 from npfl_lib.manual import ManualMLP, gradcheck
 
 FULL = os.environ.get("NPFL_FULL") == "1"  # NPFL_FULL=1 runs the full-size experiments
-device = "cuda" if torch.cuda.is_available() else "cpu"
+# the device (the GPU when there is one), every seed, one CPU thread: see help(npfl_lib.setup)
+device = npfl_lib.setup(42)
 N, C = (1000, 50) if FULL else (64, 10)  # batch size and number of classes
-npfl_lib.set_seed(42)
-print(f"device: {device}, full size: {FULL}")
+print(f"device: {device}, full size: {FULL}, CPU threads: {torch.get_num_threads()}")
 
 
 def autograd_of(loss_fn, z, *args, **kwargs):

@@ -1,12 +1,21 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 10. Losses and metrics in PyTorch
 #
 # PyTorch offers every loss both as a function (`torch.nn.functional.cross_entropy`) and
 # as a module (`torch.nn.CrossEntropyLoss()`); metrics live in the separate
 # `torchmetrics` package. This notebook walks through the details that trip people up:
-# shapes, reductions, `ignore_index`, label smoothing, `BCELoss` vs
-# `BCEWithLogitsLoss`, the metric protocol and a sigmoid trap in binary accuracy; and
-# checks that `npfl_lib` behaves the same.
+# shapes (unbatched inputs, probability targets), reductions, `ignore_index`, label
+# smoothing, `NLLLoss`, `BCELoss` vs `BCEWithLogitsLoss` (loss and gradient), the metric
+# protocol, a sigmoid trap in binary accuracy, multilabel accuracy and `ignore_index`
+# in metrics; and checks that `npfl_lib` behaves the same.
 
 # %%
 import os
@@ -21,10 +30,10 @@ import npfl_lib.functional as nf
 import npfl_lib.metrics
 
 FULL = os.environ.get("NPFL_FULL") == "1"  # NPFL_FULL=1 runs the full-size experiments
-device = "cuda" if torch.cuda.is_available() else "cpu"
+# the device (the GPU when there is one), every seed, one CPU thread: see help(npfl_lib.setup)
+device = npfl_lib.setup(42)
 N, C = (10_000, 100) if FULL else (8, 5)  # batch size and number of classes
-npfl_lib.set_seed(42)
-print(f"device: {device}, full size: {FULL}")
+print(f"device: {device}, full size: {FULL}, CPU threads: {torch.get_num_threads()}")
 
 
 def same(name, ours, theirs):
@@ -53,6 +62,32 @@ same(
     "(N, C, L) logits, (N, L) targets",
     nf.cross_entropy(sequence_logits.transpose(1, 2), sequence_target),
     loss,
+)
+
+# %% [markdown]
+# Two more accepted forms. A single example may be passed **unbatched**: logits of shape
+# $(C,)$ and a 0-dimensional class index. And the target may be a **distribution**
+# over the classes instead of an index: a float tensor of the logits' shape, each row
+# summing to one (e.g. smoothed or mixed labels); the loss is then the full
+# cross-entropy $-\sum_k g_k \log \operatorname{softmax}(\boldsymbol z)_k$. The dtype
+# tells the two kinds of target apart: int64 indices, float probabilities.
+
+# %%
+same(
+    "unbatched: (C,) logits, () target",
+    nf.cross_entropy(logits[0], target[0]),
+    F.cross_entropy(logits[0], target[0]),
+)
+probabilities = F.softmax(torch.randn(N, C, device=device), dim=1)  # (N, C), rows sum to 1
+same(
+    "(N, C) probability targets",
+    nf.cross_entropy(logits, probabilities),
+    F.cross_entropy(logits, probabilities),
+)
+one_hot = F.one_hot(target, C).float()
+print(
+    "one-hot probability targets give the index loss:",
+    torch.allclose(F.cross_entropy(logits, one_hot), F.cross_entropy(logits, target)),
 )
 
 # %% [markdown]
@@ -90,36 +125,91 @@ same(
 )
 
 # %% [markdown]
+# ## `NLLLoss` takes log-probabilities
+#
+# `cross_entropy` is `log_softmax` followed by `nll_loss`. `nll_loss(input, target)`
+# only picks $-\text{input}[i, \text{target}_i]$ and averages: it expects
+# **log-probabilities**, e.g. the output of a model ending in `LogSoftmax`. Given
+# logits or probabilities it raises no error and returns a wrong number (even a
+# negative "loss"):
+
+# %%
+log_probs = F.log_softmax(logits, dim=1)
+loss_ce = F.cross_entropy(logits, target)
+same("nll_loss(log_softmax(z)) vs cross_entropy(z)", nf.nll_loss(log_probs, target), loss_ce)
+print(f"cross_entropy(z)             = {loss_ce:.4f}")
+print(f"nll_loss(log_softmax(z))     = {F.nll_loss(log_probs, target):.4f}")
+print(f"nll_loss(z), wrong: logits   = {F.nll_loss(logits, target):.4f}")
+print(f"nll_loss(softmax(z)), wrong  = {F.nll_loss(log_probs.exp(), target):.4f}")
+
+# %% [markdown]
 # ## `BCELoss` vs `BCEWithLogitsLoss`
 #
 # `binary_cross_entropy(p, g)` takes **probabilities**; `binary_cross_entropy_with_logits(z, g)`
 # takes **logits** and computes $-g\log\sigma(z) - (1-g)\log(1-\sigma(z))$ in a stable
-# way. Computing $\sigma(z)$ first loses precision: in float32 $\sigma(z)$ rounds to
-# exactly 0 or 1 for large $|z|$, and $\log 0 = -\infty$. To avoid infinities,
-# `BCELoss` **clamps** the logarithms at $-100$, so its loss can never exceed 100 and its
-# gradient vanishes there. Always prefer the logits version.
+# way. Computing $\sigma(z)$ first loses precision, and we look at the loss and at its
+# gradient for the gold label 1 as the logit $z$ goes very negative (a confident, wrong
+# prediction). The correct loss is $-\log\sigma(z) \approx -z$ with gradient
+# $\sigma(z) - 1 \approx -1$: the larger the mistake, the steadier the push.
 
 # %%
-z = torch.linspace(-200, 50, 501, device=device)
+z = torch.linspace(-120, 10, 1301, device=device, requires_grad=True)
 ones = torch.ones_like(z)
 with_logits = F.binary_cross_entropy_with_logits(z, ones, reduction="none")
 from_probs = F.binary_cross_entropy(torch.sigmoid(z), ones, reduction="none")
-same("BCEWithLogits", nf.binary_cross_entropy_with_logits(z, ones, reduction="none"), with_logits)
+(grad_logits,) = torch.autograd.grad(with_logits.sum(), z)
+(grad_probs,) = torch.autograd.grad(from_probs.sum(), z)
+same(
+    "BCEWithLogits",
+    nf.binary_cross_entropy_with_logits(z, ones, reduction="none"),
+    with_logits,
+)
 same(
     "BCE on probabilities (with the -100 clamp)",
     nf.binary_cross_entropy(torch.sigmoid(z), ones, reduction="none"),
     from_probs,
 )
-print(f"logit -200, gold 1: with logits {with_logits[0]:.1f}, BCELoss(sigmoid) {from_probs[0]:.1f}")
-print(f"sigmoid(-200) in float32 = {torch.sigmoid(torch.tensor(-200.0)).item()}")
+for value in [-20.0, -28.0, -30.0, -50.0, -88.0, -89.0, -110.0]:
+    k = int(torch.argmin((z - value).abs()))
+    print(
+        f"z = {value:6.1f}: loss with logits {with_logits[k]:6.1f}, BCELoss(sigmoid) "
+        f"{from_probs[k]:6.1f}; gradient {grad_logits[k]:5.2f} vs {grad_probs[k]:.3g}"
+    )
+print(f"sigmoid(-89.0) in float32 = {torch.sigmoid(torch.tensor(-89.0)).item()}")
 
-plt.plot(z.cpu(), with_logits.cpu(), label="binary_cross_entropy_with_logits(z, 1)")
-plt.plot(z.cpu(), from_probs.cpu(), "--", label="binary_cross_entropy(sigmoid(z), 1)")
-plt.xlabel("logit z (gold label 1)")
-plt.ylabel("loss")
-plt.title("BCELoss clamps log at -100")
-plt.legend()
+fig, axes = plt.subplots(1, 2, figsize=(13, 4))
+z_cpu = z.detach().cpu()
+axes[0].plot(z_cpu, with_logits.detach().cpu(), label="binary_cross_entropy_with_logits(z, 1)")
+axes[0].plot(z_cpu, from_probs.detach().cpu(), "--", label="binary_cross_entropy(sigmoid(z), 1)")
+axes[0].set(xlabel="logit z (gold label 1)", ylabel="loss", title="loss")
+axes[1].plot(z_cpu, grad_logits.cpu(), label="with logits")
+axes[1].plot(z_cpu, grad_probs.cpu(), "--", label="BCELoss(sigmoid(z))")
+axes[1].set(xlabel="logit z (gold label 1)", ylabel="d loss / d z", title="gradient")
+for ax in axes:
+    ax.axvline(-27.6, color="gray", ls=":", lw=1)
+    ax.axvline(-88.7, color="gray", ls="-.", lw=1)
+axes[1].text(-26, -0.3, "z < -27.6:\np(1-p) < 1e-12", fontsize=8)
+axes[1].text(-118, -0.3, "z < -88.7:\nsigmoid(z) = 0\nin float32", fontsize=8)
+axes[0].legend(loc="upper right")
+axes[1].legend(loc="center")
+plt.tight_layout()
 plt.show()
+
+# %% [markdown]
+# Two thresholds, both from computing $\sigma(z)$ first:
+#
+# - **From $z \approx -27.6$ the gradient vanishes** although the loss is still right.
+#   `BCELoss`'s backward divides by $p(1-p)$ with $p = \sigma(z)$ and, to avoid dividing
+#   by zero, by at least $10^{-12}$; below $z \approx \log 10^{-12} = -27.6$ the true
+#   $p(1-p)$ is smaller, so the gradient becomes $-\sigma'(z)/10^{-12} \approx -e^{z}
+#   \cdot 10^{12}$: $-0.69$ at $z = -28$, $-0.09$ at $-30$, practically 0 from $-50$. The
+#   model stops learning from exactly the examples it gets most wrong.
+# - **From $z \approx -88.7$ $\sigma(z)$ is 0** in float32 (smaller than the smallest
+#   normal float32 number), so $\log 0 = -\infty$, which `BCELoss` **clamps** at $-100$:
+#   the loss jumps to 100 and the gradient is exactly 0.
+#
+# `binary_cross_entropy_with_logits` computes $\log\sigma(z)$ from $z$ directly and is
+# right everywhere. Always prefer the logits version.
 
 # %% [markdown]
 # ## torchmetrics: `update`, `compute`, `reset`, and what calling a metric returns
@@ -189,11 +279,51 @@ for name, batch, gold in [
 # copies torchmetrics' rule, and `from_logits=True` always applies the sigmoid. With
 # torchmetrics, apply `torch.sigmoid` yourself before passing logits.
 #
+# A tempting fix is `threshold=0.0`, "a logit above 0 is positive". It fails too: the
+# threshold is applied *after* torchmetrics' own sigmoid whenever a value lies outside
+# $[0, 1]$, and every sigmoid output exceeds 0, so then every prediction is positive:
+
+# %%
+logits = torch.tensor([2.0, -1.0, -3.0, 1.5, -0.5, 4.0])
+labels = (logits > 0).long()  # the true labels: every prediction is right
+print(f"true accuracy: {((logits > 0).long() == labels).float().mean():.3f}")
+tm = torchmetrics.Accuracy(task="binary", threshold=0.0)(logits, labels)
+ours = npfl_lib.metrics.Accuracy("binary", threshold=0.0)(logits, labels)
+print(f"threshold=0.0 on logits: torchmetrics {tm:.3f}, npfl_lib {ours:.3f}")
+right = torchmetrics.Accuracy(task="binary")(torch.sigmoid(logits), labels)
+print(f"sigmoid first, threshold 0.5: torchmetrics {right:.3f}")
+
+# %% [markdown]
+# ## Multilabel accuracy and `ignore_index`
+#
+# In a **multilabel** problem every example has `num_labels` independent yes/no labels
+# (a photo can show a cat *and* a dog): predictions and targets are $(N, L)$, with a
+# sigmoid per label. `Accuracy(task="multilabel")` counts every (example, label) pair
+# (the micro average of `task=...`), so it is not the fraction of examples with all
+# labels right, which is much lower. `ignore_index` leaves out the elements whose
+# target has that value, in the numerator and the denominator alike, as in the
+# losses.
+
+# %%
+probs = torch.tensor([[0.9, 0.2, 0.7], [0.6, 0.8, 0.1], [0.3, 0.4, 0.9], [0.8, 0.6, 0.4]])
+labels = torch.tensor([[1, 0, 1], [1, 0, 0], [0, 0, 1], [1, 1, 1]])
+tm = torchmetrics.Accuracy(task="multilabel", num_labels=3)(probs, labels)
+ours = npfl_lib.metrics.Accuracy("multilabel", num_labels=3)(probs, labels)
+exact = ((probs > 0.5).long() == labels).all(1).float().mean()
+print(f"multilabel accuracy: torchmetrics {tm:.3f}, npfl_lib {ours:.3f}; ", end="")
+print(f"examples with all labels right: {exact:.3f}")
+
+preds = torch.tensor([0, 2, 1, 1, 0, 2])
+gold = torch.tensor([0, 2, 2, -100, -100, 2])  # elements 3 and 4 are padding
+tm = torchmetrics.Accuracy(task="multiclass", num_classes=3, ignore_index=-100)(preds, gold)
+ours = npfl_lib.metrics.Accuracy("multiclass", num_classes=3, ignore_index=-100)(preds, gold)
+print(f"ignore_index=-100: torchmetrics {tm:.3f}, npfl_lib {ours:.3f} (3 of 4 non-ignored right)")
+
+# %% [markdown]
 # ## Try it yourself
 #
-# 1. Check that `F.cross_entropy(logits, target)` equals
-#    `F.nll_loss(F.log_softmax(logits, 1), target)`.
-#    Why does `nll_loss` expect *log*-probabilities?
+# 1. Pass probabilities (softmax outputs) to `F.cross_entropy` as if they were logits.
+#    Does it raise an error? What happens to the loss and to its gradient?
 # 2. Compute the mean of `F.cross_entropy(..., reduction="none")` over a batch with
 #    ignored targets yourself, and find the mistake in `loss.mean()`.
 # 3. Feed `torchmetrics.Accuracy(task="binary")` batches of logits from a trained model

@@ -12,7 +12,9 @@ lacks), and grading every student would only record that failure as their zeros:
 A passed preflight is remembered in ``<course root>/.npfl-preflight.json`` under a key
 made of the assignment's source files, the course's config, the limits, how student code
 is isolated, this Python and its installed packages, and the code of npfl_lib and
-npfl_course; while none of them changes, it is not run again.
+npfl_course; while none of them changes, it is not run again. On a Dask cluster
+(``--scheduler``) the two notebooks are graded on its workers, and the machine's side of
+the key is that of every worker.
 """
 
 from __future__ import annotations
@@ -59,12 +61,18 @@ def _files_digest(digest, root: Path, pattern: str = "*") -> None:
             digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
 
 
-def cache_key(course: Course, assignment: str, limits: Limits) -> str:
-    """What the preflight's verdict depends on, hashed."""
-    digest = hashlib.sha256()
+def assignment_digest(course: Course, assignment: str) -> str:
+    """The assignment's side of the verdict, hashed: its source files and the config."""
+    digest = hashlib.sha256(assignment.encode() + b"\0")
     _files_digest(digest, course.path("source", assignment))
     digest.update((course.directory / CONFIG_NAME).read_bytes())
-    digest.update(json.dumps(asdict(limits), sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def environment_digest() -> str:
+    """The grading machine's side of the verdict, hashed: how student code is isolated,
+    this Python and its installed packages, the code of npfl_lib and npfl_course."""
+    digest = hashlib.sha256()
     digest.update(isolation()[0].encode())
     digest.update(f"{sys.executable}\0{sys.version}".encode())
     distributions = importlib.metadata.distributions()
@@ -74,6 +82,17 @@ def cache_key(course: Course, assignment: str, limits: Limits) -> str:
         spec = importlib.util.find_spec(package)
         for folder in (spec.submodule_search_locations or []) if spec else []:
             _files_digest(digest, Path(folder), "*.py")
+    return digest.hexdigest()
+
+
+def cache_key(course: Course, assignment: str, limits: Limits,
+              environment: str | None = None) -> str:  # fmt: skip
+    """What the preflight's verdict depends on, hashed; ``environment``: the grading
+    machines' :func:`environment_digest` (default: this machine's)."""
+    digest = hashlib.sha256()
+    digest.update(assignment_digest(course, assignment).encode())
+    digest.update(json.dumps(asdict(limits), sort_keys=True).encode())
+    digest.update((environment or environment_digest()).encode())
     return digest.hexdigest()
 
 
@@ -98,7 +117,8 @@ def _describe(outcome: Outcome) -> list[str]:
 
 
 def preflight(course: Course, assignment: str, *, limits: Limits, jobs: int = 2,
-              unsandboxed: bool = False, use_cache: bool = True) -> Preflight:  # fmt: skip
+              unsandboxed: bool = False, use_cache: bool = True, scheduler=None,
+              environment: str | None = None) -> Preflight:  # fmt: skip
     """Grades the solution and the release of ``assignment`` as students will be graded.
 
     Args:
@@ -109,6 +129,11 @@ def preflight(course: Course, assignment: str, *, limits: Limits, jobs: int = 2,
         jobs: Notebooks run at once (at most 2 are needed).
         unsandboxed: Grade without bubblewrap, as the batch will (``--no-sandbox``).
         use_cache: Skip it when a passed preflight with the same key is remembered.
+        scheduler: A Dask scheduler's address or a ``distributed.Client``: grade the two
+            notebooks on its workers (:class:`npfl_course.autograde.DaskAutograder`), as
+            the batch will be.
+        environment: The grading machines' side of the cache key (with ``scheduler``: the
+            workers' :func:`environment_digest`, combined); default: this machine's.
 
     Returns:
         Preflight: It passed (else it raises).
@@ -122,7 +147,7 @@ def preflight(course: Course, assignment: str, *, limits: Limits, jobs: int = 2,
 
     start = time.monotonic()
     cache_path = course.root / CACHE_NAME
-    key = cache_key(course, assignment, limits)
+    key = cache_key(course, assignment, limits, environment)
     cache = _read_cache(cache_path)
     if use_cache and cache.get(assignment) == key:
         return Preflight(assignment, time.monotonic() - start, cached=True)
@@ -142,8 +167,15 @@ def preflight(course: Course, assignment: str, *, limits: Limits, jobs: int = 2,
         }
         _submit(scratch, assignment, SOLUTION, solutions)
         _submit(scratch, assignment, RELEASE, releases)
-        grader = Autograder(scratch, assignment, jobs=min(jobs, 2), limits=limits,
-                            unsandboxed=unsandboxed, preflight=False)  # fmt: skip
+        if scheduler is None:
+            grader = Autograder(scratch, assignment, jobs=min(jobs, 2), limits=limits,
+                                unsandboxed=unsandboxed, preflight=False)  # fmt: skip
+        else:
+            from npfl_course.autograde.distributed import DaskAutograder
+
+            grader = DaskAutograder(scratch, assignment, scheduler=scheduler, jobs=min(jobs, 2),
+                                    limits=limits, unsandboxed=unsandboxed,
+                                    preflight=False)  # fmt: skip
         report = grader.run(progress=False)
     outcomes = {outcome.student: outcome for outcome in report.outcomes}
     solution, release = outcomes[SOLUTION], outcomes[RELEASE]

@@ -8,17 +8,18 @@ As nbgrader's own options::
     c.NpflAutograde.notebook_timeout = 900
     c.NpflAutograde.max_processes = 64
     c.NpflAutograde.preflight = True
+    c.NpflAutograde.scheduler = "tcp://grader1:8786"  # a Dask scheduler: docs/scaling.md
 
 The per-cell limit is nbgrader's ``c.Execute.timeout`` (also used by nbgrader's own
 autograde and Validate). The command line's flags (``--jobs``, ``--memory``, ``--disk``,
-``--timeout``, ``--cell-timeout``, ``--no-preflight``) override these.
+``--timeout``, ``--cell-timeout``, ``--no-preflight``, ``--scheduler``) override these.
 """
 
 from __future__ import annotations
 
 import os
 
-from traitlets import Bool, Float, Integer
+from traitlets import Bool, Float, Integer, Unicode
 from traitlets.config import Configurable
 
 from npfl_course.sandbox import Limits
@@ -57,6 +58,12 @@ class NpflAutograde(Configurable):
         True,
         help="Before the students, grade the instructor's solution (full marks expected) "
         "and the release (0 expected), and stop if they come out otherwise.",
+    ).tag(config=True)
+
+    scheduler = Unicode(
+        "",
+        help="A Dask scheduler's address (tcp://host:8786) or scheduler file (JSON) whose "
+        "workers execute the notebooks (docs/scaling.md); empty: on this machine.",
     ).tag(config=True)
 
     def limits(self, cell_seconds: float | None = None) -> Limits:

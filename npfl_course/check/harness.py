@@ -36,6 +36,7 @@ from types import ModuleType
 import nbformat
 
 from npfl_course.check.grade import Graded, grade
+from npfl_course.check.mutants import Mutation, accepted_entry_problems
 from npfl_course.check.notebook import (
     HIDDEN_MARKERS,
     SOLUTION_MARKERS,
@@ -140,7 +141,7 @@ def variant_problems(variants: ModuleType, solutions: dict, tests: dict) -> list
                  if not getattr(variants, kind)]  # fmt: skip
     names = [v.get("name") for kind in KINDS for v in getattr(variants, kind)]
     problems += [f"variant name {n!r} used twice" for n, c in Counter(names).items() if c > 1]
-    return problems
+    return problems + accepted_entry_problems(variants, solutions)
 
 
 def graded_problems(graded: Graded, source, variants: ModuleType | None, the_plan) -> list[str]:
@@ -186,8 +187,14 @@ def graded_problems(graded: Graded, source, variants: ModuleType | None, the_pla
     return problems
 
 
-def check_assignments(course, names: list[str] | None = None, jobs: int | None = None) -> int:
-    """``npfl-course check``: prints the problems of each assignment; 0 if there are none."""
+def check_assignments(
+    course, names: list[str] | None = None, jobs: int | None = None, mutants: bool = True
+) -> int:
+    """``npfl-course check``: prints the problems of each assignment; 0 if there are none.
+
+    With ``mutants`` (the default) it also grades the assignment's mutants
+    (:mod:`npfl_course.check.mutants`) and fails on every survivor not in ACCEPTED.
+    """
     import tempfile
 
     if jobs is not None:
@@ -211,12 +218,18 @@ def check_assignments(course, names: list[str] | None = None, jobs: int | None =
             variants = None
         problems = static_problems(source, variants)
         the_plan = plan(source, variants) if variants is not None else Plan()
+        mutation = None
+        if mutants and not problems:
+            mutation = Mutation(name, source, source_path(name, assignments))
+            mutation.start()  # the probe runs while nbgrader generates the release
 
-        def submissions(release, source, the_plan=the_plan):
+        def submissions(release, source, the_plan=the_plan, mutation=mutation):
             students = {"source": source, "release": release}
             students.update(
                 {s: make_submission(release, source, r) for s, r in the_plan.students.items()}
             )
+            if mutation is not None:
+                students.update(mutation.students(release, source))
             return students
 
         with tempfile.TemporaryDirectory(prefix=f"npfl-check-{name}-") as workdir:
@@ -227,10 +240,16 @@ def check_assignments(course, names: list[str] | None = None, jobs: int | None =
                 problems.append(f"generate failed:\n{graded.log[-2000:]}")
             else:
                 problems += graded_problems(graded, source, variants, the_plan)
+                if mutation is not None:
+                    problems += mutation.finish(graded, variants)
         seconds = time.perf_counter() - start
         count = len(graded.scores)
         status = "ok" if not problems else f"{len(problems)} problem(s)"
         print(f"{name}: {status} ({count} submissions graded in {seconds:.0f} s)")
+        if mutation is not None and graded.release is not None:
+            print(f"  mutants: {mutation.summary()}")
+            for note in mutation.notes():
+                print(f"  - not exercised: {note}")
         for problem in problems:
             print(f"  - {problem}")
         failed += bool(problems)

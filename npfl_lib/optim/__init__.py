@@ -6,11 +6,12 @@ The per-step math of each optimizer is a small function on one parameter tensor 
 state and call them, so parameter groups, ``state_dict`` and learning-rate
 schedulers work as usual. Results equal ``torch.optim``'s (``foreach=False``).
 
-torch's options ``maximize``, ``amsgrad`` (Adam, AdamW) and ``decoupled_weight_decay``
-(Adam) are implemented, wherever they arrive (constructor, group dict,
-``add_param_group``, a loaded torch state dict); ``foreach``, ``fused``, ``capturable``
-and ``differentiable`` are accepted only at the value npfl_lib implements (single-tensor,
-not fused, not capturable, not differentiable), anything else raises a ValueError.
+torch's options ``maximize``, ``amsgrad`` (Adam, AdamW), ``decoupled_weight_decay``
+(Adam) and ``capturable`` (RMSprop, Adam, AdamW: the step counter on the device, so a
+step can be captured in a CUDA graph) are implemented, wherever they arrive
+(constructor, group dict, ``add_param_group``, a loaded torch state dict); ``foreach``,
+``fused`` and ``differentiable`` are accepted only at the value npfl_lib implements
+(single-tensor, not fused, not differentiable), anything else raises a ValueError.
 """
 
 from . import kernels

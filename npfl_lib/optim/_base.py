@@ -10,6 +10,32 @@ import torch
 from ._validate import _check_dense, _check_fixed_option, _step_count
 
 
+def _step_dtype() -> torch.dtype:
+    """The dtype of a capturable step counter: torch's (float32 unless the default is float64)."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def _zero_step(param: torch.Tensor, group: dict[str, Any]) -> int | torch.Tensor:
+    """A new counter: ``0``, or a 0-dim tensor on ``param``'s device when capturable."""
+    if group.get("capturable"):
+        return torch.zeros((), dtype=_step_dtype(), device=param.device)
+    return 0
+
+
+def _step_as(step: Any, param: torch.Tensor, group: dict[str, Any]) -> int | torch.Tensor:
+    """A loaded or switched counter in the group's form (checked: a whole number >= 0)."""
+    if not group.get("capturable"):
+        return _step_count(step)
+    if (
+        isinstance(step, torch.Tensor)
+        and step.is_floating_point()
+        and step.dim() == 0
+        and step.device == param.device
+    ):
+        return step  # already torch's capturable form (load_state_dict moved it here)
+    return torch.tensor(float(_step_count(step)), dtype=_step_dtype(), device=param.device)
+
+
 class KernelOptimizer(torch.optim.Optimizer):
     """A ``torch.optim.Optimizer`` whose :meth:`step` calls a per-parameter kernel.
 
@@ -21,16 +47,25 @@ class KernelOptimizer(torch.optim.Optimizer):
     Step counter: ``state["step"]`` is a plain Python ``int``. It stays exact however
     long training runs (torch keeps a float32 tensor) and bias corrections are computed
     on the host, which is what torch's default, non-``capturable`` path does too; the
-    price is that a step cannot be captured in a CUDA graph. A tensor or float counter
-    found in a loaded state dict (torch's, or an older torch's) is converted to an ``int``.
+    price is that such a step cannot be captured in a CUDA graph. A tensor or float
+    counter found in a loaded state dict (torch's, or an older torch's) is converted to
+    an ``int``.
+
+    With ``capturable=True`` (torch's option, in the optimizers that count steps) the
+    counter is instead a 0-dim float tensor on the parameter's device (float32, or
+    float64 when that is torch's default dtype: torch's choice), incremented in place,
+    and the kernels compute from it on the device: no step reads a number back to the
+    host, so the Trainer can record a whole training step in a CUDA graph and replay
+    it. A float32 counter is exact up to 2^24 (16.7 million) steps. Switching
+    ``capturable`` on or off in a group converts the existing counters at the next step.
 
     Options: every group holds all of torch's option keys (``maximize``, ``foreach``,
     ...), so state dicts move between npfl_lib and torch both ways. Options are checked
     wherever they arrive: in the constructor, in a group dict, by :meth:`add_param_group`,
     by :meth:`load_state_dict` (before anything is replaced) and again at every
     :meth:`step`. Those listed in ``_fixed_options`` (``foreach``, ``fused``,
-    ``capturable``, ``differentiable``) are accepted only at the value npfl_lib
-    implements; any other value raises a ValueError that says why.
+    ``differentiable``) are accepted only at the value npfl_lib implements; any other
+    value raises a ValueError that says why.
     """
 
     # torch options that this optimizer accepts only at npfl_lib's value (_validate.FIXED_OPTIONS).
@@ -64,9 +99,21 @@ class KernelOptimizer(torch.optim.Optimizer):
             # them in, as torch's optimizers do.
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
-        for param_state in self.state.values():
-            if "step" in param_state:
-                param_state["step"] = _step_count(param_state["step"])
+        for group in self.param_groups:
+            for param in group["params"]:
+                param_state = self.state.get(param)
+                if param_state and "step" in param_state:
+                    param_state["step"] = _step_as(param_state["step"], param, group)
+
+    def _current_step(self, state: dict[str, Any], param: torch.Tensor, group: dict[str, Any]):
+        """``state["step"]``, converted first if the group's ``capturable`` changed."""
+        step = state["step"]
+        if group.get("capturable"):
+            if not (isinstance(step, torch.Tensor) and step.device == param.device):
+                step = state["step"] = _step_as(step, param, group)
+        elif isinstance(step, torch.Tensor):
+            step = state["step"] = _step_count(step)  # reads the tensor once
+        return step
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:

@@ -40,12 +40,25 @@ def _check_number(name: str, value: float) -> None:
     check_in_range(name, value, -math.inf, math.inf)
 
 
+def _capturing(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` lives on a GPU while a CUDA graph is being captured there.
+
+    Its value cannot be read then (a read waits for the GPU, which a capture forbids); it
+    was checked at the eager steps before the capture, and a replay runs no Python.
+    """
+    return tensor.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
 def _check_lr(lr: float | torch.Tensor) -> None:
     """``lr >= 0``, a number or (as torch allows) a 1-element tensor."""
-    if isinstance(lr, torch.Tensor) and lr.numel() != 1:
-        raise ValueError(
-            f"lr must be a number or a 1-element tensor, got a tensor of shape {tuple(lr.shape)}"
-        )
+    if isinstance(lr, torch.Tensor):
+        if lr.numel() != 1:
+            raise ValueError(
+                "lr must be a number or a 1-element tensor, got a tensor of shape "
+                f"{tuple(lr.shape)}"
+            )
+        if _capturing(lr):
+            return
     check_nonnegative("lr", lr)
 
 
@@ -65,11 +78,6 @@ FIXED_OPTIONS: dict[str, tuple[tuple[Any, ...], str]] = {
     "fused": (
         (None, False),
         "there is no fused kernel: the update is the kernel's plain tensor operations",
-    ),
-    "capturable": (
-        (False,),
-        "the step counter is a Python int on the host, so a step cannot be captured in a "
-        "CUDA graph",
     ),
     "differentiable": (
         (False,),
@@ -96,9 +104,9 @@ def _check_betas(betas: Any) -> None:
         # torch raises for a float and a tensor, and accepts two tensors only for its
         # capturable and compiled steps.
         raise ValueError(
-            f"betas must be two numbers, got {betas!r}: tensor betas only serve torch's "
-            "capturable (CUDA-graph) steps, which npfl_lib does not do; pass floats, e.g. "
-            "betas=(0.9, 0.999)"
+            f"betas must be two numbers, got {betas!r}: torch takes tensor betas for its "
+            "capturable and compiled steps, npfl_lib's capturable steps take numbers; pass "
+            "floats, e.g. betas=(0.9, 0.999)"
         )
 
 
@@ -140,9 +148,24 @@ def _check_adam_args(
     check_nonnegative("weight_decay", weight_decay)
 
 
-def _check_step(step: int) -> None:
+def _check_step(step: int | torch.Tensor, param: torch.Tensor) -> None:
+    """An ``int >= 1``, or (capturable) a 1-element float tensor on ``param``'s device.
+
+    A tensor's value is not read: reading it would wait for the GPU at every step.
+    """
+    if isinstance(step, torch.Tensor):
+        if step.numel() != 1 or not step.is_floating_point() or step.device != param.device:
+            raise TypeError(
+                "a tensor step must be a 1-element float tensor on param's device "
+                f"({param.device}), got {step.dtype} of shape {tuple(step.shape)} on "
+                f"{step.device}"
+            )
+        return
     if isinstance(step, bool) or not isinstance(step, numbers.Integral):
-        raise TypeError(f"step must be an int (1 for the first update), got {type(step).__name__}")
+        raise TypeError(
+            f"step must be an int (1 for the first update) or a float tensor, got "
+            f"{type(step).__name__}"
+        )
     check_in_range("step", step, 1, math.inf)
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from ._base import KernelOptimizer
+from ._base import KernelOptimizer, _zero_step
 from ._validate import _check_adam_args, _check_betas, _check_flag
 from .kernels import adam_step, adamw_step
 
@@ -37,14 +37,19 @@ class Adam(KernelOptimizer):
         eps (float): Added to ``sqrt(v_hat)`` for stability, ``>= 0``.
         weight_decay (float): L2 penalty coefficient added to the gradient, ``>= 0``.
         amsgrad (bool): Normalize by the largest ``v`` so far (Reddi et al., 2018).
-        foreach, capturable, differentiable, fused: torch's implementation choices,
-            accepted only at the value npfl_lib implements (``foreach``/``fused``:
-            ``None`` or ``False``; the others ``False``); see
+        capturable (bool): Keep the step counter on the parameter's device and compute
+            the bias corrections there, as torch's ``capturable=True``, so that a step
+            can be captured in a CUDA graph (what ``npfl_lib.Trainer`` does on a GPU); the
+            same update to float rounding, see :func:`~npfl_lib.optim.kernels.adam_step`.
+        foreach, differentiable, fused: torch's implementation choices, accepted only at
+            the value npfl_lib implements (``foreach``/``fused``: ``None`` or ``False``;
+            ``differentiable``: ``False``); see
             :class:`~npfl_lib.optim._base.KernelOptimizer`.
         maximize (bool): Ascend the objective instead of descending it.
         decoupled_weight_decay (bool): Decay the weights directly, as :class:`AdamW`.
 
-    State per parameter (torch's keys): ``"step"`` (``t``, a Python ``int``, see
+    State per parameter (torch's keys): ``"step"`` (``t``, a Python ``int``, or with
+    ``capturable`` a 0-dim float tensor on the parameter's device, see
     :class:`~npfl_lib.optim._base.KernelOptimizer`), ``"exp_avg"`` (``m``),
     ``"exp_avg_sq"`` (``v``) and, with ``amsgrad``, ``"max_exp_avg_sq"`` (``v_max``),
     zeros before the first step.
@@ -54,7 +59,7 @@ class Adam(KernelOptimizer):
         TypeError: A flag that is not a bool.
     """
 
-    _fixed_options = ("foreach", "capturable", "differentiable", "fused")
+    _fixed_options = ("foreach", "differentiable", "fused")
 
     def __init__(
         self,
@@ -99,37 +104,47 @@ class Adam(KernelOptimizer):
             group["weight_decay"],
             names=("betas[0]", "betas[1]"),
         )
-        for flag in ("amsgrad", "maximize", "decoupled_weight_decay"):
+        for flag in ("amsgrad", "maximize", "decoupled_weight_decay", "capturable"):
             _check_flag(flag, group[flag])
 
     def _update(
         self, param: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], group: dict[str, Any]
     ) -> None:
         if not state:
-            state["step"] = 0
+            state["step"] = _zero_step(param, group)
             state["exp_avg"] = torch.zeros_like(param)
             state["exp_avg_sq"] = torch.zeros_like(param)
         # Created on demand, so a group switched to amsgrad later starts at zero.
         if group["amsgrad"] and "max_exp_avg_sq" not in state:
             state["max_exp_avg_sq"] = torch.zeros_like(param)
-        step = state["step"] + 1
+        step = self._current_step(state, param, group)
+        captured = isinstance(step, torch.Tensor)
+        if captured:
+            step.add_(1)  # in place, as torch: a CUDA graph replays the add on this tensor
+        else:
+            step += 1
         beta1, beta2 = group["betas"]
         kernel = adamw_step if group["decoupled_weight_decay"] else adam_step
-        kernel(
-            param,
-            grad,
-            state["exp_avg"],
-            state["exp_avg_sq"],
-            state.get("max_exp_avg_sq"),
-            step=step,
-            lr=group["lr"],
-            beta1=beta1,
-            beta2=beta2,
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            amsgrad=group["amsgrad"],
-            maximize=group["maximize"],
-        )
+        try:
+            kernel(
+                param,
+                grad,
+                state["exp_avg"],
+                state["exp_avg_sq"],
+                state.get("max_exp_avg_sq"),
+                step=step,
+                lr=group["lr"],
+                beta1=beta1,
+                beta2=beta2,
+                eps=group["eps"],
+                weight_decay=group["weight_decay"],
+                amsgrad=group["amsgrad"],
+                maximize=group["maximize"],
+            )
+        except BaseException:
+            if captured:
+                step.sub_(1)  # the kernel checks before it changes anything: undo the count
+            raise
         state["step"] = step
 
 
@@ -153,7 +168,7 @@ class AdamW(Adam):
         eps (float): Added to ``sqrt(v_hat)`` for stability, ``>= 0``.
         weight_decay (float): Decoupled decay coefficient ``lambda``, ``>= 0``.
         amsgrad (bool): Normalize by the largest ``v`` so far.
-        maximize, foreach, capturable, differentiable, fused: as :class:`Adam`.
+        maximize, capturable, foreach, differentiable, fused: as :class:`Adam`.
 
     Raises:
         ValueError: An argument out of range, or a refused option value, naming it.

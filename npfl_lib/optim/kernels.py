@@ -185,7 +185,7 @@ def adam_step(
     exp_avg_sq: torch.Tensor,
     max_exp_avg_sq: torch.Tensor | None = None,
     *,
-    step: int,
+    step: int | torch.Tensor,
     lr: float,
     beta1: float = 0.9,
     beta2: float = 0.999,
@@ -212,6 +212,15 @@ def adam_step(
     ``v_hat``: ``sqrt(v_hat) = sqrt(v) / sqrt(1 - beta2^t)`` and ``1 / (1 - beta1^t)``
     is folded into the step size.
 
+    ``step`` as a tensor (torch's ``capturable`` path): the bias corrections are computed
+    on the step's device, so the step never reads a number back to the host and can be
+    recorded in a CUDA graph (a replay then uses the tensor's new value). As torch's
+    capturable path, the step size folds into the denominator:
+    ``theta <- theta + m / (sqrt(v) / (sqrt(c2) * -s) + eps / -s)`` with
+    ``s = lr / c1``, ``c1 = 1 - beta1^t``, ``c2 = 1 - beta2^t`` computed in the step's
+    dtype (float32). The result equals torch's capturable path bit for bit, and the
+    ``int`` path to float rounding (~1e-7 relative: float32 corrections).
+
     Args:
         param (torch.Tensor): The parameter, updated in place.
         grad (torch.Tensor): Its gradient, same shape; not modified.
@@ -219,9 +228,11 @@ def adam_step(
         exp_avg_sq (torch.Tensor): ``v``, same shape, zeros before the first step.
         max_exp_avg_sq (torch.Tensor | None): ``v_max``, needed when ``amsgrad``, zeros
             before the first step.
-        step (int): ``t``, the number of this update counting from 1: the optimizer
-            increments its counter before calling, so the first step uses ``t = 1``.
-        lr (float): Learning rate, ``>= 0``.
+        step (int | torch.Tensor): ``t``, the number of this update counting from 1: the
+            optimizer increments its counter before calling, so the first step uses
+            ``t = 1``. Or a 1-element float tensor on ``param``'s device holding ``t``
+            (see above); its value is not checked.
+        lr (float | torch.Tensor): Learning rate, ``>= 0``.
         beta1 (float): Decay of ``m``, in ``[0, 1)``.
         beta2 (float): Decay of ``v``, in ``[0, 1)``.
         eps (float): Added to ``sqrt(v_hat)`` for stability, ``>= 0``.
@@ -233,10 +244,11 @@ def adam_step(
     Raises:
         ValueError: A hyperparameter out of range, ``step < 1``, mismatched shapes or a
             missing ``max_exp_avg_sq``.
-        TypeError: Non-float or sparse tensors, or a non-integer ``step``.
+        TypeError: Non-float or sparse tensors, or a ``step`` that is neither an ``int``
+            nor a 1-element float tensor on ``param``'s device.
     """
     _check_adam_args(lr, beta1, beta2, eps, weight_decay)
-    _check_step(step)
+    _check_step(step, param)
     _check_flag("amsgrad", amsgrad)
     _check_flag("maximize", maximize)
     _check_tensors(
@@ -258,6 +270,12 @@ def adam_step(
 
     bias_correction1 = 1 - beta1**step
     bias_correction2 = 1 - beta2**step
+    if isinstance(step, torch.Tensor):  # capturable: the same update, computed on the device
+        step_size_neg = (lr / bias_correction1).neg()  # -lr / (1 - beta1^t)
+        scale = bias_correction2.sqrt() * step_size_neg
+        denom = (second_moment.sqrt() / scale).add_(eps / step_size_neg)
+        param.addcdiv_(exp_avg, denom)  # addcdiv_'s value= cannot be a tensor: folded in
+        return
     denom = (second_moment.sqrt() / bias_correction2**0.5).add_(eps)  # sqrt(v_hat) + eps
     param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)  # lr * m_hat / denom
 
@@ -269,7 +287,7 @@ def adamw_step(
     exp_avg_sq: torch.Tensor,
     max_exp_avg_sq: torch.Tensor | None = None,
     *,
-    step: int,
+    step: int | torch.Tensor,
     lr: float,
     beta1: float = 0.9,
     beta2: float = 0.999,
@@ -294,8 +312,9 @@ def adamw_step(
         exp_avg (torch.Tensor): ``m``, same shape, zeros before the first step.
         exp_avg_sq (torch.Tensor): ``v``, same shape, zeros before the first step.
         max_exp_avg_sq (torch.Tensor | None): ``v_max``, needed when ``amsgrad``.
-        step (int): ``t``, counting from 1, as in :func:`adam_step`.
-        lr (float): Learning rate, ``>= 0``.
+        step (int | torch.Tensor): ``t``, counting from 1, or a tensor holding it (the
+            capturable path), as in :func:`adam_step`.
+        lr (float | torch.Tensor): Learning rate, ``>= 0``.
         beta1 (float): Decay of ``m``, in ``[0, 1)``.
         beta2 (float): Decay of ``v``, in ``[0, 1)``.
         eps (float): Added to ``sqrt(v_hat)`` for stability, ``>= 0``.
@@ -306,11 +325,11 @@ def adamw_step(
     Raises:
         ValueError: A hyperparameter out of range, ``step < 1``, mismatched shapes or a
             missing ``max_exp_avg_sq``.
-        TypeError: Non-float or sparse tensors, or a non-integer ``step``.
+        TypeError: Non-float or sparse tensors, or a bad ``step`` (as :func:`adam_step`).
     """
     # Check everything before touching param, so a bad call leaves it unchanged.
     _check_adam_args(lr, beta1, beta2, eps, weight_decay)
-    _check_step(step)
+    _check_step(step, param)
     _check_flag("amsgrad", amsgrad)
     _check_flag("maximize", maximize)
     _check_tensors(

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from ._base import KernelOptimizer
+from ._base import KernelOptimizer, _zero_step
 from ._validate import _check_flag, _check_rmsprop_args
 from .kernels import rmsprop_step
 
@@ -33,13 +33,18 @@ class RMSprop(KernelOptimizer):
         weight_decay (float): L2 penalty coefficient added to the gradient, ``>= 0``.
         momentum (float): Momentum factor, ``>= 0``.
         centered (bool): Normalize by the estimated variance of the gradient.
-        capturable, foreach, differentiable: torch's implementation choices, accepted
-            only at the value npfl_lib implements (``foreach``: ``None`` or ``False``;
-            the others ``False``); see :class:`~npfl_lib.optim._base.KernelOptimizer`.
+        capturable (bool): Keep the step counter on the parameter's device, as torch's
+            ``capturable=True`` (the update does not use it: the same update bit for
+            bit), so that a step can be captured in a CUDA graph.
+        foreach, differentiable: torch's implementation choices, accepted only at the
+            value npfl_lib implements (``foreach``: ``None`` or ``False``;
+            ``differentiable``: ``False``); see
+            :class:`~npfl_lib.optim._base.KernelOptimizer`.
         maximize (bool): Ascend the objective instead of descending it.
 
-    State per parameter (torch's keys): ``"step"`` (an ``int``, counted although the
-    update does not use it), ``"square_avg"``, and ``"momentum_buffer"`` /
+    State per parameter (torch's keys): ``"step"`` (an ``int``, or with ``capturable`` a
+    0-dim tensor on the parameter's device; counted although the update does not use
+    it), ``"square_avg"``, and ``"momentum_buffer"`` /
     ``"grad_avg"`` when momentum / centering is on; all start at zero.
 
     Raises:
@@ -47,7 +52,7 @@ class RMSprop(KernelOptimizer):
         TypeError: A flag that is not a bool.
     """
 
-    _fixed_options = ("capturable", "foreach", "differentiable")
+    _fixed_options = ("foreach", "differentiable")
 
     def __init__(
         self,
@@ -82,14 +87,14 @@ class RMSprop(KernelOptimizer):
         _check_rmsprop_args(
             group["lr"], group["alpha"], group["eps"], group["weight_decay"], group["momentum"]
         )
-        _check_flag("centered", group["centered"])
-        _check_flag("maximize", group["maximize"])
+        for flag in ("centered", "maximize", "capturable"):
+            _check_flag(flag, group[flag])
 
     def _update(
         self, param: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], group: dict[str, Any]
     ) -> None:
         if not state:
-            state["step"] = 0
+            state["step"] = _zero_step(param, group)
             state["square_avg"] = torch.zeros_like(param)
         # Created on demand, so a group switched to momentum/centered later starts at zero.
         if group["momentum"] > 0 and "momentum_buffer" not in state:
@@ -110,4 +115,8 @@ class RMSprop(KernelOptimizer):
             centered=group["centered"],
             maximize=group["maximize"],
         )
-        state["step"] += 1
+        step = self._current_step(state, param, group)
+        if isinstance(step, torch.Tensor):
+            step.add_(1)  # in place, as torch: a CUDA graph replays the add on this tensor
+        else:
+            state["step"] = step + 1
