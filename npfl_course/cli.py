@@ -293,8 +293,11 @@ def _similarity(course: Course, args) -> int:
         threshold=args.threshold, noise_threshold=args.noise, report_pairs=args.report_pairs,
         jobs=args.jobs, expected=False if args.no_expected else None,
     )  # fmt: skip
-    result = find_similar(course, args.assignment, settings, students=args.student)
     output = Path(args.output) if args.output else course.root / "reports"
+    if output.exists() and not output.is_dir():
+        print(f"npfl-course: --output {output} is not a folder", file=sys.stderr)
+        return 2
+    result = find_similar(course, args.assignment, settings, students=args.student)
     html, csv = write_reports(result, output)
     print(table(result, top=args.top))
     print("\n".join(summary(result)))

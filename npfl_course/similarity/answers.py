@@ -12,6 +12,7 @@ a note; the rest of the class is compared.
 from __future__ import annotations
 
 import copy
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from npfl_course.course import Course, student_id_problem
 from npfl_course.similarity.normalize import answer
 
-MAX_CELL_CHARS = 200_000  # longer cells are compared by their start (a pasted blob)
+MAX_CELL_CHARS = 50_000  # longer cells are compared by their start (a pasted blob)
 CellKey = tuple[str, str]  # (notebook name, grade id)
 
 
@@ -77,7 +78,8 @@ def _solution_cells(notebook) -> dict[str, str]:
 
 
 def _answer(source: str, released: str) -> Answer:
-    text, parsed = answer(source[:MAX_CELL_CHARS], released)
+    source = source[:MAX_CELL_CHARS]
+    text, parsed = answer(source, released)
     return Answer(source, text, parsed)
 
 
@@ -152,12 +154,22 @@ def _references(course: Course, assignment: str, answers: ClassAnswers, sources:
 def _read_student(task: tuple) -> tuple[str, dict | str]:
     """One student's answers ``{(notebook, grade_id): Answer}``, or why none (a string).
 
-    Runs in a worker process: it gets and returns plain data.
+    Runs in a worker process: it gets and returns plain data. Whatever a submission
+    holds, the rest of the class is read: a failure is that student's note.
     """
+    from npfl_course.autograde.restore import first_line
+    from npfl_course.autograde.submission import shown
+
+    try:
+        return _read_one(*task)
+    except Exception as exc:
+        return task[0], f"could not be read: {type(exc).__name__}: {shown(first_line(exc))}"
+
+
+def _read_one(student: str, folder: str, root: str, released: dict) -> tuple[str, dict | str]:
     from npfl_course.autograde.restore import read_submitted
     from npfl_course.autograde.submission import link_problem, shown
 
-    student, folder, root, released = task
     problem = student_id_problem(student)
     if problem is not None:
         return student, f"'{shown(student)}' is not a valid student id: {problem}"
@@ -226,7 +238,11 @@ def read_class(
         (s, str(course.path("submitted", assignment, s)), root, answers.released) for s in found
     ]
     if jobs > 1 and len(tasks) > 20:
-        with ProcessPoolExecutor(jobs) as pool:
+        # fork: the workers need nothing imported again (this process has no threads of
+        # its own here); where there is no fork, the platform's default.
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("fork" if "fork" in methods else None)
+        with ProcessPoolExecutor(jobs, mp_context=context) as pool:
             results = list(pool.map(_read_student, tasks, chunksize=16))
     else:
         results = [_read_student(task) for task in tasks]

@@ -26,6 +26,7 @@ import functools
 import heapq
 
 PLACEHOLDER = "_"  # every local variable's name in the canonical text
+MAX_RUN = 200  # longer runs of simple statements keep their order (sorting is quadratic)
 
 _FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
 _SCOPES = (*_FUNCTIONS, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
@@ -136,7 +137,7 @@ def _canonical_run(run: list[ast.stmt]) -> list[ast.stmt]:
     """The run's statements in the order that puts, among those whose predecessors are
     placed, the smallest (by their text, locals renamed) first: one order for every
     permutation that respects the dependencies."""
-    if len(run) < 2:
+    if len(run) < 2 or len(run) > MAX_RUN:
         return run
     effects = [_effects(s) for s in run]
     after: list[set[int]] = [set() for _ in run]  # i -> the statements that must follow i

@@ -1,8 +1,8 @@
 """The similarity report: a table for the terminal, an HTML page and a CSV file.
 
 Everything a student wrote is hostile input. In the HTML page every piece of it (cell
-sources, and nothing else comes from students but their ids, which are checked) is
-escaped, the highlighting is added around escaped text only, and the page carries a
+sources, file names in the notes, ids) is escaped, the highlighting is added around
+escaped text only, and the page carries a
 Content-Security-Policy that allows no script at all, so nothing a student wrote can
 run when the instructor opens it. The CSV neutralises formulas
 (:func:`npfl_course.export.neutralised`).
@@ -96,7 +96,8 @@ def write_csv(result: Similarity, path: str | os.PathLike) -> Path:
     with open(path, "w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)
         header = ["rank", "student_a", "student_b", "similarity", "cells_compared"]
-        writer.writerow(header + [f"{n} similarity" for n in names] + [f"{n} note" for n in names])
+        header += [f"{n} similarity" for n in names] + [f"{n} note" for n in names]
+        writer.writerow([neutralised(value) for value in header])
         for rank, pair in enumerate(result.pairs, 1):
             cells = [pair.cells[key] for key in result.answers.cells]
             compared = sum(1 for c in cells if c.score is not None and not c.expected)
@@ -117,7 +118,7 @@ def _lines(source: str) -> tuple[list[str], list[int]]:
 
 
 def _released_spans(source: str, released: str) -> list[tuple[int, int]]:
-    """Character spans of ``source``'s non-blank lines that the released cell has too."""
+    """Character spans of ``source``'s lines that the released cell has too."""
     lines, starts = _lines(source)
     matcher = difflib.SequenceMatcher(
         None, [line.strip() for line in released.splitlines()], [line.strip() for line in lines],
@@ -127,7 +128,6 @@ def _released_spans(source: str, released: str) -> list[tuple[int, int]]:
         (starts[line], starts[line + 1])
         for _, j, size in matcher.get_matching_blocks()
         for line in range(j, j + size)
-        if lines[line].strip()
     ]
 
 
