@@ -144,12 +144,12 @@ def _cli(course: Path, assignment: str, *flags: str) -> float:
 
 def _task_costs(address: str, tasks: int = 400) -> tuple[float, float]:
     """Seconds per no-op task: in a batch (throughput), and one after another (latency)."""
-    from distributed import Client, wait
+    from distributed import Client
 
     with Client(address, set_as_default=False) as client:
         client.submit(abs, -1, pure=False).result()  # connections up
         start = time.perf_counter()
-        wait(client.map(abs, range(tasks), pure=False))
+        client.gather(client.map(abs, range(tasks), pure=False))
         batch = (time.perf_counter() - start) / tasks
         start = time.perf_counter()
         for number in range(50):
@@ -166,6 +166,23 @@ def wall_time(notebooks: int, machines: int, cores: int, execute_s: float, coord
     return start_s + notebooks / rate + execute_s  # the last notebook's own time
 
 
+def _coordinator_seconds(course_dir: Path, assignment: str, students: list[str]) -> float:
+    """Seconds of phases 1 and 3 per submission (``c.Execute.enabled = False``), in this
+    process, after a first submission that pays the imports and the gradebook's set-up."""
+    from npfl_course.autograde import Autograder
+    from npfl_course.course import load_course
+
+    config = course_dir / "nbgrader_config.py"
+    config.write_text(config.read_text() + "\nc.Execute.enabled = False\n")
+    course = load_course(course_dir)
+    Autograder(course, assignment, jobs=1, preflight=False, unsandboxed=True).run(
+        students[:1], progress=False
+    )
+    grader = Autograder(course, assignment, jobs=1, preflight=False, unsandboxed=True)
+    report = grader.run(students[1:], progress=False)
+    return report.seconds / max(1, len(students) - 1)
+
+
 def cluster(args, workdir: Path, base: Path, students: list[str]) -> int:
     """Local ``--jobs N`` against ``--scheduler`` on the same submissions (see the docstring)."""
     local_cluster = None
@@ -177,42 +194,56 @@ def cluster(args, workdir: Path, base: Path, students: list[str]) -> int:
                                      host="127.0.0.1", dashboard_address=":0",
                                      silence_logs=40)  # fmt: skip
         address = local_cluster.scheduler_address
+    jobs = ("--jobs", str(args.jobs))
     try:
-        n, local_s, remote_s, same = len(students), 0.0, 0.0, True
+        n, same = len(students), True
+        total = {"local": 0.0, "cluster": 0.0, "local idle": 0.0, "cluster idle": 0.0}
         for index in range(args.rounds):
             part = students[index :: args.rounds]
             here = _round(base, workdir / f"local{index}", part)
             there = _round(base, workdir / f"cluster{index}", part)
             print(f"round {index + 1}/{args.rounds}: {len(part)} submissions; --jobs "
-                  f"{args.jobs}, then --scheduler {address} ...", flush=True)  # fmt: skip
-            local_s += _cli(here, args.assignment, "--jobs", str(args.jobs))
-            remote_s += _cli(there, args.assignment, "--scheduler", address)
+                  f"{args.jobs}, then --scheduler {address}; then both again, with "
+                  "nothing left to grade ...", flush=True)  # fmt: skip
+            times = {
+                "local": _cli(here, args.assignment, *jobs),
+                "cluster": _cli(there, args.assignment, "--scheduler", address),
+                "local idle": _cli(here, args.assignment, *jobs),
+                "cluster idle": _cli(there, args.assignment, "--scheduler", address),
+            }
+            print("  " + ", ".join(f"{k} {v:.1f} s" for k, v in times.items()), flush=True)
+            total = {key: total[key] + times[key] for key in total}
             got = scores(here, args.assignment)
             same &= got == scores(there, args.assignment) and len(got) == len(part)
-        alone = _round(base, workdir / "coordinator", students)
-        config = alone / "nbgrader_config.py"
-        config.write_text(config.read_text() + "\nc.Execute.enabled = False\n")
-        coordinator_s = _cli(alone, args.assignment, "--jobs", "1") / n
         batch_s, latency_s = _task_costs(address)
     finally:
         if local_cluster is not None:
             local_cluster.close()
+    coordinator_s = _coordinator_seconds(_round(base, workdir / "alone", students),
+                                         args.assignment, students)  # fmt: skip
+    local_s = total["local"] - total["local idle"]  # the notebooks only, without fixed costs
+    remote_s = total["cluster"] - total["cluster idle"]
+    start_s = (total["cluster idle"] - total["local idle"]) / args.rounds
     execute_s = local_s * args.jobs / n  # one notebook on one core, here
     print()
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     label = f"npfl-course autograde --jobs {args.jobs}:"
-    print(f"{label:<44} {local_s:7.1f} s ({local_s / n:.2f} s per notebook)")
+    print(f"{label:<46} {total['local']:7.1f} s, {local_s / n:.2f} s per notebook beyond "
+          f"a run with nothing to grade ({total['local idle'] / args.rounds:.1f} s)")  # fmt: skip
     label = f"npfl-course autograde --scheduler ({args.jobs} workers):"
-    print(f"{label:<44} {remote_s:7.1f} s ({remote_s / n:.2f} s per notebook)")
-    print(f"{'cluster overhead per notebook:':<44} {(remote_s - local_s) / n:7.2f} s")
-    print(f"{'coordinator alone (phases 1 and 3):':<44} {coordinator_s:7.3f} s per submission")
-    print(f"{'scheduler, no-op tasks:':<44} {batch_s * 1000:7.2f} ms per task in a batch, "
+    print(f"{label:<46} {total['cluster']:7.1f} s, {remote_s / n:.2f} s per notebook beyond "
+          f"a run with nothing to grade ({total['cluster idle'] / args.rounds:.1f} s)")  # fmt: skip
+    print(f"{'cluster overhead per notebook:':<46} {(remote_s - local_s) / n:7.2f} s")
+    print(f"{'cluster overhead per run (connect, checks):':<46} {start_s:7.2f} s")
+    print(f"{'coordinator alone (phases 1 and 3):':<46} {coordinator_s:7.3f} s per submission")
+    print(f"{'scheduler, no-op tasks:':<46} {batch_s * 1000:7.2f} ms per task in a batch, "
           f"{latency_s * 1000:.2f} ms one after another")  # fmt: skip
     print(f"same scores for all {n} submissions: {same}")
     print(f"\nmodel: 3,500 notebooks of {execute_s:.1f} s each (one core), the coordinator "
           f"{coordinator_s:.3f} s each:")  # fmt: skip
     for machines, cores in ((1, 2), (1, 16), (4, 16), (16, 16), (32, 32), (64, 64)):
-        seconds = wall_time(3500, machines, cores, execute_s, coordinator_s, batch_s)
+        seconds = wall_time(3500, machines, cores, execute_s, coordinator_s, batch_s,
+                            start_s + 2 * execute_s)  # fmt: skip
         print(f"  {machines:>3} machine(s) x {cores:>2} cores: {seconds / 60:7.1f} min")
     return 0 if same else 1
 

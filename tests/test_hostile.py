@@ -86,18 +86,18 @@ class _Server(http.server.BaseHTTPRequestHandler):
         pass
 
 
-# Writes 4 files of 400 MB of zeros into its folder, in chunks of 8 MiB.
-# Takes 4 x 400 MB of disk, 50 MB at a time. posix_fallocate takes real blocks without
-# writing them, so the test does not depend on the disk's speed (84 MB/s on a busy CI VM
-# would not reach the limit within the cell's 4 s); the pauses let the watchdog look.
+# Takes 4 x 400 MB of disk, 50 MB every 50 ms (1 GB/s). posix_fallocate takes real
+# blocks without writing them, so the test does not depend on the disk's speed (84 MB/s
+# on a busy CI VM would not reach the limit within the cell's 4 s); the pauses let the
+# watchdog look.
 FILL_THE_DISK = textwrap.dedent("""
     import os, time
     for i in range(4):
         with open(f"big{i}", "wb") as f:
             for step in range(8):
                 os.posix_fallocate(f.fileno(), step * (50 << 20), 50 << 20)
-                time.sleep(0.02)
-    time.sleep(3)
+                time.sleep(0.05)
+    time.sleep(2)
 """)
 # Builds a tree 1,500 folders deep with a file in each, step by step (PATH_MAX limits what
 # one call may name); shutil.rmtree of Python 3.11 recurses and fails on it.
@@ -409,9 +409,10 @@ def test_the_course_directory_changes_only_where_grading_writes(batch):
 @pytest.mark.slow
 def test_the_disk_limit_holds_and_no_work_folder_is_left(batch):
     # The filler wrote 1600 MB under a limit of 500 MiB: the watchdog, which looks every
-    # 100 ms, let a little more through. The deep tree's folder was removed like the others.
+    # 100 ms, let a little more through (more on a loaded machine, where it looks late,
+    # but far from all). The deep tree's folder was removed like the others.
     print(f"the largest work folder took {WATCHED['peak'] / 2**20:.0f} MiB")  # pytest -rP
-    assert 500 << 20 <= WATCHED["peak"] < 800 << 20, WATCHED
+    assert 500 << 20 <= WATCHED["peak"] < 1000 << 20, WATCHED
     assert WATCHED["left"] == []
 
 

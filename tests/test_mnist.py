@@ -228,6 +228,8 @@ def test_file_mirror_and_default_checksums_are_checked(tmp_path):
 
 
 def test_progress_bar_only_when_asked(tmp_path, server, capsys):
+    import ipykernel.ipkernel  # noqa: F401 - imported (as by nbclient), yet no kernel runs here
+
     load(tmp_path / "quiet", server, "good", progress=None)
     assert "t10k-labels-idx1-ubyte.gz" not in capsys.readouterr().err  # stderr is no terminal
     load(tmp_path / "loud", server, "good", progress=True)

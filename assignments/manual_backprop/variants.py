@@ -432,3 +432,17 @@ DELEGATING = [
         "fails": ["test_train"],
     },
 ]
+
+# Mutants of npfl-course check that keep full points for a good reason (see the README).
+ACCEPTED = [
+    {
+        "cell": "train",
+        "mutation": "off-by-one range: `range(epochs)` -> `range(epochs - 1)`",
+        "reason": "the number of epochs is the student's choice: 4 reach 90 % as well as 5",
+    },
+    {
+        "cell": "train",
+        "mutation": "nan for inputs above 50 in magnitude",
+        "reason": "the inputs are images in [0, 1]; SGD on inputs above 50 diverges anyway",
+    },
+]

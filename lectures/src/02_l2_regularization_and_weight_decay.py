@@ -38,7 +38,7 @@ from npfl_lib.optim import SGD, Adam, AdamW
 FULL = os.environ.get("NPFL_FULL") == "1"  # NPFL_FULL=1 runs the full-size experiments
 # the device (the GPU when there is one), every seed, one CPU thread: see help(npfl_lib.setup)
 device = npfl_lib.setup(42)
-EPOCHS = 40 if FULL else 15  # epochs of the Adam vs AdamW experiment
+EPOCHS = 40 if FULL else 12  # epochs of the Adam vs AdamW experiment
 print(f"device: {device}, full size: {FULL}, CPU threads: {torch.get_num_threads()}")
 
 # %% [markdown]
@@ -318,7 +318,7 @@ plt.show()
 # $L^1$ penalty in the loss and with the clipped update.
 
 # %%
-L1_LAMBDA, L1_LR, L1_STEPS = 0.002, 0.1, (2000 if FULL else 400)
+L1_LAMBDA, L1_LR, L1_STEPS = 0.002, 0.1, (2000 if FULL else 300)
 X_full, y_full = X_train.float(), y_train
 
 

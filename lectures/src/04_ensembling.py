@@ -162,8 +162,10 @@ print(f"NLL {mean_std([s[1] for s in single])}")
 
 # %% [markdown]
 # Compare the ensemble with the *spread* of the single models, not with one of them: an
-# ensemble gain smaller than the single models' standard deviation says little. The NLL
-# usually shows the gain more clearly than the accuracy: averaging makes the
+# ensemble gain smaller than the single models' standard deviation says little. If, as
+# on these small digits, the gain is within that spread, the members make nearly the
+# same errors ($C$ close to $V$ in the disc experiment) and averaging cannot remove
+# much. The NLL usually shows a gain more clearly than the accuracy: averaging makes the
 # probabilities of uncertain examples less extreme.
 #
 # ## Averaging checkpoints: an ensemble from one run
@@ -216,10 +218,11 @@ for name, result in [
     print(f"{name:>38}: dev accuracy {result[0]:.3f}, NLL {result[1]:.3f}")
 
 # %% [markdown]
-# Checkpoints of one run are much more alike than independently trained models, so
-# they gain less than a real ensemble; checkpoint averaging pays off most with a large
-# learning rate at the end of training (the weights then jump around a minimum, and
-# their average lies closer to its centre).
+# Checkpoints of one run are much more alike than independently trained models (and
+# the earlier ones are less trained), so they gain less than a real ensemble, or
+# nothing at all. Checkpoint averaging pays off most with a large learning rate at the
+# end of training: the weights then jump around a minimum, and their average lies
+# closer to its centre.
 #
 # ## Bagging
 #
@@ -296,9 +299,12 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# The logistic regressions trained from different seeds are (nearly) the same model,
-# so their ensemble does not improve with more members; bagging makes them differ.
-# The MLPs from different seeds already differ, and bagging gives them less data.
+# The logistic regressions trained from different seeds are the same model, so their
+# ensemble does not change with more members; bagging makes them differ, and its
+# ensemble improves on a single bagged member. For a model as stable as logistic
+# regression it does not beat the single model trained on all the data: bagging pays
+# off for high-variance models such as decision trees (random forests). The MLPs from
+# different seeds already differ, and bagging mostly gives them less data.
 #
 # ## Try it yourself
 #

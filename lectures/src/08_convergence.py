@@ -386,7 +386,7 @@ for name, (make_optimizer, style) in optimizers.items():
     epochs = range(1, OPT_EPOCHS + 1)
     axes[0].plot(epochs, [h["loss"] for h in history], style, label=name)
     axes[1].plot(epochs, [h["dev_loss"] for h in history], style, label=name)
-    dev_accuracy = (trainer.predict(X_dev).argmax(-1) == y_dev).float().mean().item()
+    dev_accuracy = (trainer.predict(X_dev).argmax(-1) == y_dev.cpu()).float().mean().item()
     print(
         f"{name:>30}: train loss {history[-1]['loss']:.4f}, "
         f"dev loss {history[-1]['dev_loss']:.4f}, dev accuracy {dev_accuracy:.3f}"

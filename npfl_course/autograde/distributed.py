@@ -223,7 +223,8 @@ class DaskAutograder(Autograder):
                 client.close()
 
     def dashboard(self) -> str | None:
-        """The Dask dashboard's address, None when the scheduler has none (no bokeh)."""
+        """The Dask dashboard's address (it needs bokeh where the scheduler runs), None when
+        the scheduler serves none (``--no-dashboard``)."""
         services = self.client.scheduler_info().get("services", {})
         return self.client.dashboard_link if "dashboard" in services else None
 
@@ -231,7 +232,7 @@ class DaskAutograder(Autograder):
         """As :meth:`Autograder.run`, with the notebooks executed on the cluster."""
         with self.connected() as client:
             if progress:
-                link = self.dashboard() or "none (install bokeh where the scheduler runs)"
+                link = self.dashboard() or "none (the scheduler serves none)"
                 print(f"Dask scheduler {client.scheduler.address}, {self.jobs} notebook(s) at "
                       f"once; dashboard: {link}", file=sys.stderr)  # fmt: skip
             try:

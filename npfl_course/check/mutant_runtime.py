@@ -293,3 +293,15 @@ def _wrap(function, how, argument=None):
         return _perturb(how, argument, arguments, _modified(snapshot), result, large)
 
     return _mutant
+
+
+# The probe's surface (npfl_course.check.probe); in a mutant's cell they are locals of
+# the factory, as everything above.
+signature_of = _signature
+bind = _bind
+is_large = _large
+snapshot_of = _snapshot
+modified_since = _modified
+tensors_in = _tensors
+same = _same
+perturb = _perturb

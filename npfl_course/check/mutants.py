@@ -411,13 +411,14 @@ def judge(mutants: list[Mutant], graded, the_plan: Plan) -> None:
 
 
 def accepted_problems(mutants: list[Mutant], variants: ModuleType | None) -> list[str]:
-    """Marks accepted survivors; the problems: other survivors, stale ACCEPTED entries."""
+    """Marks accepted survivors (and unexercised mutants); the problems: the other
+    survivors, and ACCEPTED entries that match no survivor."""
     accepted = list(getattr(variants, "ACCEPTED", None) or [])
     by_key = {(entry.get("cell"), entry.get("mutation")): entry for entry in accepted}
     problems, used = [], set()
     for mutant in mutants:
         entry = by_key.get((mutant.cell, mutant.mutation))
-        if mutant.status == "survived" and entry is not None:
+        if mutant.status in ("survived", "unexercised") and entry is not None:
             mutant.status, mutant.detail = "accepted", entry.get("reason", "")
             used.add((mutant.cell, mutant.mutation))
         elif mutant.status == "survived":

@@ -129,13 +129,13 @@ def difference(a, b, pairs: dict | None = None, depth: int = 0) -> str | None:
     if isinstance(a, (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType)):
         return None if a is b else f"{a!r} is not {b!r}"
     if id(a) in pairs:
-        return None if pairs[id(a)] == id(b) else "shares objects differently"
-    pairs[id(a)] = id(b)
+        return None if pairs[id(a)][0] is b else "shares objects differently"
+    pairs[id(a)] = (b, a)  # holds both: an id is unique only while its object lives
     if isinstance(a, torch.Tensor):
         if (a.dtype, a.shape, a.device, a.requires_grad) != (b.dtype, b.shape, b.device,
                                                              b.requires_grad):  # fmt: skip
             return f"tensor {a.dtype} {tuple(a.shape)} {a.device} != {b.dtype} {tuple(b.shape)}"
-        if not runtime._same(a.detach(), b.detach()):
+        if not runtime.same(a.detach(), b.detach()):
             return "tensor values differ"
         if a.is_leaf and b.is_leaf and (a.grad is not None or b.grad is not None):
             return difference(a.grad, b.grad, pairs, depth + 1)
@@ -205,10 +205,11 @@ class Recorder:
     def __init__(self, name: str, function, inplace_arguments: list[str]):
         self.name = name
         self.function = function
-        self.signature = runtime._signature(function)
+        self.signature = runtime.signature_of(function)
         self.hows = [(how, None) for how in OUTPUT_HOWS]
         self.hows += [("inplace", argument) for argument in inplace_arguments]
-        self.effective: set[tuple[str, str | None]] = set()  # output mutants that change a call
+        # output mutant -> how it changes a call: (call number, difference)
+        self.effective: dict[tuple[str, str | None], str] = {}
         self.calls: list[dict] = []
         self.count = 0
         self.seconds = 0.0
@@ -220,7 +221,7 @@ class Recorder:
     def __call__(self, *args, **kwargs):
         if not Recorder.recording or self.signature is None:
             return self.function(*args, **kwargs)
-        bound = runtime._bind(self.signature, args, kwargs)
+        bound = runtime.bind(self.signature, args, kwargs)
         if bound is None:
             return self.function(*args, **kwargs)
         bound, arguments = bound
@@ -237,9 +238,9 @@ class Recorder:
             except Exception as error:  # noqa: BLE001 - then this function is not replayed
                 self.broken = f"cannot copy the arguments: {type(error).__name__}: {error}"
                 record = False
-        large = runtime._large(arguments)
+        large = runtime.is_large(arguments)
         self._note_inputs(arguments, large)
-        snapshot = runtime._snapshot(arguments)
+        snapshot = runtime.snapshot_of(arguments)
         start = time.perf_counter()
         try:
             result = self.function(*bound.args, **bound.kwargs)
@@ -251,7 +252,7 @@ class Recorder:
             raise
         seconds = time.perf_counter() - start
         self.seconds += seconds
-        modified = runtime._modified(snapshot)
+        modified = runtime.modified_since(snapshot)
         if record:
             try:
                 entry.update(after=copy_value((arguments, result), {}), seconds=seconds)
@@ -263,7 +264,7 @@ class Recorder:
 
     def _note_inputs(self, arguments, large: bool) -> None:
         self.inputs["large"] |= large
-        for tensor in runtime._tensors(arguments):
+        for tensor in runtime.tensors_in(arguments):
             if tensor.dtype == torch.float64:
                 self.inputs["float64"] = True
             elif tensor.dtype == torch.float32:
@@ -278,12 +279,12 @@ class Recorder:
             try:
                 spoilt_arguments, spoilt = copy_value((arguments, result), memo)
                 copies = [memo[id(t)] for t in modified if id(t) in memo]
-                spoilt = runtime._perturb(how, argument, spoilt_arguments, copies, spoilt, large)
+                spoilt = runtime.perturb(how, argument, spoilt_arguments, copies, spoilt, large)
                 changed = difference((arguments, result), (spoilt_arguments, spoilt))
-            except Exception:  # noqa: BLE001 - if unsure, the mutant is graded
-                changed = "unknown"
+            except Exception as error:  # noqa: BLE001 - if unsure, the mutant is graded
+                changed = f"{type(error).__name__} spoiling it: {error}"
             if changed:
-                self.effective.add((how, argument))
+                self.effective[(how, argument)] = f"call {self.count}: {changed}"
 
 
 # ----------------------------------------------------------------------------------
@@ -410,8 +411,9 @@ def _judge_output(mutant: dict, recorder: Recorder) -> str:
     """An output mutant that changes no call is equivalent, unless it spoils a kind of
     input or output the tests never give (float64 outputs, inputs above 50) while the
     function has floating outputs: then it is unexercised."""
-    if (mutant["how"], mutant.get("argument")) in recorder.effective:
-        return "differs"
+    key = (mutant["how"], mutant.get("argument"))
+    if key in recorder.effective:
+        return f"differs ({recorder.effective[key]})"
     if ("scale", None) in recorder.effective and mutant["how"] in UNEXERCISED:
         return f"unexercised ({UNEXERCISED[mutant['how']]})"
     return "equivalent"

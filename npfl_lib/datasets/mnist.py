@@ -240,7 +240,7 @@ def _ensure_files(folder, mirrors, checksums, download, timeout, progress) -> No
         folder.mkdir(parents=True, exist_ok=True)
     if progress is None:
         # tqdm's own check (stderr is a TTY) would hide the bars in Jupyter, the course's home.
-        progress = sys.stderr.isatty() or "ipykernel" in sys.modules
+        progress = sys.stderr.isatty() or _in_jupyter_kernel()
     for name in missing:
         failures = []
         for mirror in mirrors:
@@ -257,6 +257,14 @@ def _ensure_files(folder, mirrors, checksums, download, timeout, progress) -> No
                 + "\n"
                 + _how_to_fix(folder, _missing_files(folder, checksums), mirrors)
             )
+
+
+def _in_jupyter_kernel() -> bool:
+    """Whether this code runs in a Jupyter kernel (not merely a process that imported
+    ipykernel, as a test runner or nbclient may)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return getattr(shell, "kernel", None) is not None
 
 
 def _download(url: str, path: Path, md5: str, timeout: float, progress: bool) -> None:
