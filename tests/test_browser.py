@@ -8,7 +8,7 @@ plays the student, the instructor and a reader of the lectures.
 Needs ``playwright`` (the ``test`` extra) and a Chromium: ``/usr/bin/chromium``
 (``apt-get install chromium``) or the executable named by ``NPFL_CHROMIUM``; no browser
 is ever downloaded. Without them these tests skip, unless ``NPFL_REQUIRE_BROWSER=1``
-(set by ``.ci/run``) turns the skip into a failure.
+(set by ``.ci/run``) turns the skip into a failure (tests/browsertools.py).
 
 Every step leaves a screenshot in the test's temporary directory; when a test fails,
 they are copied, with one of the page as it was at the failure, to
@@ -17,12 +17,10 @@ they are copied, with one of the page as it was at the failure, to
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +29,26 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from browsertools import (
+    TIMEOUT_MS,
+    Page,
+    Steps,
+    close_dialog,
+    error_outputs,
+    expect,
+    expect_lab_loaded,
+    expect_nbgrader_loaded,
+    keep_screenshots,
+    kernel_idle,
+    launch_browser,
+    menu,
+    new_page,
+    run_all,
+    validate,
+    write_cell,
+    write_lab_settings,
+)
+from hubtools import free_port
 
 from npfl_course import check as harness
 
@@ -49,26 +67,8 @@ BROKEN_BODY = CORRECT_BODY.replace("(1 - lam) * partner_probs", "lam * partner_p
 # The instructor's graded submission: variants.py's WRONG answer of that name.
 GRADED_STUDENT = "alice"
 GRADED_VARIANT = "mixup leaving the targets unmixed"
-TIMEOUT_MS = 120_000  # a cold kernel on a loaded 2-core CI machine imports torch slowly
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
-
-try:
-    from playwright.sync_api import Page, expect, sync_playwright
-except ImportError:  # reported by the browser fixture
-    sync_playwright = None
-
-
-def _chromium() -> str | None:
-    path = os.environ.get("NPFL_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-    return path if Path(path).is_file() else None
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("NPFL_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"NPFL_REQUIRE_BROWSER=1 but {reason}")
-    pytest.skip(reason)
-
 
 # ----------------------------------------------------------------------------------
 # The course, the server and the browser
@@ -106,34 +106,12 @@ def course(tmp_path_factory) -> Path:
     return root
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _lab_settings(directory: Path) -> None:
-    """User settings: no news or update checks (no internet), every cell rendered."""
-    settings = {
-        "@jupyterlab/apputils-extension/notification": {
-            "fetchNews": "false",
-            "checkForUpdates": False,
-        },
-        # Windowing renders only the cells in view; the checks below read every cell.
-        "@jupyterlab/notebook-extension/tracker": {"windowingMode": "none"},
-    }
-    for name, values in settings.items():
-        path = directory / f"{name}.jupyterlab-settings"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(values))
-
-
 @pytest.fixture(scope="module")
 def lab(course, tmp_path_factory):
     """``(base_url, token)`` of a ``jupyter lab`` serving ``course`` (its working directory,
     where nbgrader's server extensions find ``nbgrader_config.py``)."""
     state = tmp_path_factory.mktemp("lab-state")
-    _lab_settings(state / "settings")
+    write_lab_settings(state / "settings")
     env = {
         **os.environ,
         "JUPYTERLAB_SETTINGS_DIR": str(state / "settings"),
@@ -142,7 +120,7 @@ def lab(course, tmp_path_factory):
     }
     env.pop("MPLBACKEND", None)  # Agg (set for CI) would keep plots out of the notebook
     env.pop("NPFL_COURSE_OUTPUT", None)  # nbgrader_config.py: the course is the output folder
-    port, token = _free_port(), secrets.token_hex(16)
+    port, token = free_port(), secrets.token_hex(16)
     command = [
         sys.executable,
         "-m",
@@ -180,66 +158,18 @@ def lab(course, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    if sync_playwright is None:
-        _unavailable("playwright is not installed (pip install playwright)")
-    executable = _chromium()
-    if executable is None:
-        _unavailable("no Chromium (apt-get install chromium, or set NPFL_CHROMIUM)")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=executable,
-            headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
+    with launch_browser() as browser:
         yield browser
-        browser.close()
-
-
-class Steps:
-    """Numbered screenshots of one test's page."""
-
-    def __init__(self, page: Page, folder: Path):
-        self.page, self.folder, self.count = page, folder, 0
-        folder.mkdir(parents=True, exist_ok=True)
-
-    def shot(self, name: str) -> Path:
-        self.count += 1
-        path = self.folder / f"{self.count:02d}-{name}.png"
-        self.page.screenshot(path=str(path))
-        return path
 
 
 @pytest.fixture
 def steps(request, browser, tmp_path):
     """A fresh page (1400x900) and its :class:`Steps`; artifacts kept on failure."""
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
+    page, errors = new_page(browser)
     recorder = Steps(page, tmp_path / "screenshots")
     yield recorder
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        try:
-            recorder.shot("at-failure")
-        except Exception as error:  # a crashed page: keep what the steps saved
-            print(f"no screenshot at the failure: {error}")
-        (recorder.folder / "page-errors.txt").write_text("\n".join(errors))
-        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
-        artifacts = Path(os.environ.get("NPFL_ARTIFACTS") or REPO / "artifacts")
-        target = artifacts / "browser" / safe
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(recorder.folder, target)
-        print(f"screenshots of the failed test: {target}")
-    context.close()
+    keep_screenshots(request, recorder, errors)
+    page.context.close()
 
 
 # ----------------------------------------------------------------------------------
@@ -252,88 +182,11 @@ def _open(page: Page, lab, path: str = "") -> None:
     base, token = lab
     where = f"lab/tree/{path}" if path else "lab"
     page.goto(f"{base}/{where}?reset&token={token}")
-    expect(page.locator(".lm-MenuBar-itemLabel", has_text="Help")).to_be_visible(timeout=TIMEOUT_MS)
+    expect_lab_loaded(page)
     tabs = page.locator("#jp-main-dock-panel .lm-TabBar-tab")
     if path:
         expect(tabs).to_have_count(1, timeout=TIMEOUT_MS)
         expect(tabs).to_contain_text(Path(path).name)
-
-
-def _expect_nbgrader_loaded(page: Page) -> None:
-    """The Nbgrader menu comes from nbgrader's lab extension."""
-    menu = page.locator(".lm-MenuBar-itemLabel", has_text="Nbgrader")
-    try:
-        expect(menu).to_be_visible(timeout=15_000)
-    except AssertionError:
-        pytest.fail(
-            "nbgrader's JupyterLab extension did not load (no Nbgrader menu): check "
-            "`jupyter labextension list` and the nbgrader/jupyterlab pins in pyproject.toml"
-        )
-
-
-def _kernel_idle(page: Page) -> None:
-    status = page.locator(".jp-StatusBar-TextItem", has_text=re.compile(r"\| Idle$"))
-    expect(status.first).to_be_visible(timeout=TIMEOUT_MS)
-
-
-def _execution_counts(page: Page) -> list[int | None]:
-    prompts = page.locator(".jp-Notebook .jp-CodeCell .jp-InputArea-prompt").all_inner_texts()
-    counts = []
-    for text in prompts:
-        match = re.search(r"\[(\d+)\]", text)
-        counts.append(int(match.group(1)) if match else None)
-    return counts
-
-
-def _run_all(page: Page) -> None:
-    """Run > Run All Cells, then waits until every code cell ran in this run."""
-    before = max((c for c in _execution_counts(page) if c is not None), default=0)
-    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
-    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
-    page.wait_for_function(
-        """before => {
-            const prompts = [...document.querySelectorAll(
-                '.jp-Notebook .jp-CodeCell .jp-InputArea-prompt')];
-            return prompts.length > 0 && prompts.every(p => {
-                const m = p.textContent.match(/\\[(\\d+)\\]/);
-                return m && Number(m[1]) > before;
-            });
-        }""",
-        arg=before,
-        timeout=TIMEOUT_MS,
-    )
-    _kernel_idle(page)
-
-
-def _error_outputs(page: Page):
-    return page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
-
-
-def _write_cell(page: Page, starts_with: str, text: str) -> None:
-    """Replaces the content of the code cell whose code starts with ``starts_with``."""
-    editor = page.locator(".jp-CodeCell .cm-content", has_text=starts_with)
-    expect(editor).to_have_count(1)
-    editor.scroll_into_view_if_needed()
-    editor.click()
-    page.keyboard.press("ControlOrMeta+a")
-    # insert_text types like a paste: the editor's auto-indent leaves the text as it is.
-    page.keyboard.insert_text(text)
-
-
-def _validate(page: Page):
-    """Presses Validate and returns the results dialog once validation has finished."""
-    page.get_by_title("Validate Assignment").click()
-    dialog = page.locator(".jp-Dialog")
-    header = dialog.locator(".jp-Dialog-header")
-    # "Validation failed" is the extension's own error (e.g. nbgrader 0.9.1's version check).
-    expect(header).to_have_text(re.compile(r"Validation (Results|failed)"), timeout=TIMEOUT_MS)
-    expect(header, dialog.inner_text()).to_have_text("Validation Results")
-    return dialog
-
-
-def _close(dialog) -> None:
-    dialog.get_by_role("button", name="Ok").click()
-    expect(dialog).to_be_hidden()
 
 
 # ----------------------------------------------------------------------------------
@@ -350,35 +203,35 @@ def test_student_fills_a_cell_and_validates(course, lab, steps):
     signature = stub.splitlines()[0]
 
     _open(page, lab, path)
-    _expect_nbgrader_loaded(page)
+    expect_nbgrader_loaded(page)
     expect(page.get_by_title("Validate Assignment")).to_be_visible()
-    _kernel_idle(page)
+    kernel_idle(page)
     steps.shot("student-opens-the-release")
 
-    _write_cell(page, signature, stub.replace(STUB, CORRECT_BODY))
+    write_cell(page, signature, stub.replace(STUB, CORRECT_BODY))
     steps.shot("student-writes-mixup")
-    _run_all(page)
-    assert _error_outputs(page).count() == 0, _error_outputs(page).all_inner_texts()
+    run_all(page)
+    assert error_outputs(page).count() == 0, error_outputs(page).all_inner_texts()
     steps.shot("all-cells-ran")
-    dialog = _validate(page)
+    dialog = validate(page)
     expect(dialog).to_contain_text("Success! Your notebook passes all the tests.")
     steps.shot("validate-succeeds")
-    _close(dialog)
+    close_dialog(dialog)
     # Validate saved the notebook and judged what is on disk.
     saved = harness.read_notebook(course / path)
     assert CORRECT_BODY in harness.cells_by_kind(saved, "solution")[STUDENT_CELL].source
 
-    _write_cell(page, signature, stub.replace(STUB, BROKEN_BODY))
-    _run_all(page)
-    expect(_error_outputs(page)).to_have_count(1)
-    expect(_error_outputs(page)).to_contain_text("the mixed targets")
+    write_cell(page, signature, stub.replace(STUB, BROKEN_BODY))
+    run_all(page)
+    expect(error_outputs(page)).to_have_count(1)
+    expect(error_outputs(page)).to_contain_text("the mixed targets")
     steps.shot("broken-answer-fails-its-test")
-    dialog = _validate(page)
+    dialog = validate(page)
     expect(dialog).to_contain_text("The following cell failed")
     expect(dialog).to_contain_text("mixup(inputs, targets, 0.75, perm)")  # test_mixup's code
     expect(dialog).to_contain_text("AssertionError: the mixed targets")
     steps.shot("validate-reports-the-failing-test")
-    _close(dialog)
+    close_dialog(dialog)
     saved = harness.read_notebook(course / path)
     assert BROKEN_BODY in harness.cells_by_kind(saved, "solution")[STUDENT_CELL].source
 
@@ -393,9 +246,8 @@ def test_instructor_sees_the_autograded_score(course, lab, steps):
 
     page = steps.page
     _open(page, lab)
-    _expect_nbgrader_loaded(page)
-    page.locator(".lm-MenuBar-itemLabel", has_text="Nbgrader").click()
-    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Formgrader$")).click()
+    expect_nbgrader_loaded(page)
+    menu(page, "Nbgrader", "Formgrader")
     formgrader = page.frame_locator("iframe[src*='formgrader']")
     row = formgrader.locator("tr", has_text=ASSIGNMENT)
     expect(row).to_be_visible(timeout=TIMEOUT_MS)
@@ -413,10 +265,10 @@ def test_instructor_sees_the_autograded_score(course, lab, steps):
 def test_lecture_notebook_runs_and_plots(course, lab, steps):
     page = steps.page
     _open(page, lab, f"lectures/{LECTURE}")
-    _kernel_idle(page)
+    kernel_idle(page)
     steps.shot("lecture-opened")
-    _run_all(page)
-    assert _error_outputs(page).count() == 0, _error_outputs(page).all_inner_texts()
+    run_all(page)
+    assert error_outputs(page).count() == 0, error_outputs(page).all_inner_texts()
     images = page.locator(".jp-OutputArea-output[data-mime-type='image/png'] img")
     expect(images.first).to_be_visible()
     images.first.scroll_into_view_if_needed()
