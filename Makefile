@@ -27,8 +27,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Test files run on TEST_JOBS processes side by side (pytest-xdist; one file stays in one
+# process, so its module-scoped fixtures are built once). TEST_JOBS=0 runs them in this one.
+TEST_JOBS ?= 2
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
