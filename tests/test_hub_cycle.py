@@ -73,32 +73,20 @@ FORBIDDEN = [
 ]
 
 
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory):
-    def assignments(folder: Path) -> None:
-        (folder / ASSIGNMENT).mkdir()
-        nbformat.write(tiny_source(), folder / ASSIGNMENT / f"{ASSIGNMENT}.ipynb")
-
-    with running_hub(
-        tmp_path_factory.mktemp("cycle"),
-        instructor=INSTRUCTOR,
-        students=[GOOD, SLOPPY],
-        assignments=assignments,
-    ) as hub:
-        yield hub
-
-
 class Cycle:
     """The people's pages, the screenshots and the time of each phase."""
 
-    def __init__(self, browser, folder: Path):
-        self.errors: list[str] = []
-        self.pages = {
-            name: new_page(browser, self.errors)[0] for name in (INSTRUCTOR, GOOD, SLOPPY)
-        }
-        self.steps = Steps(None, folder)
+    def __init__(self, folder: Path):
         self.start = self.last = time.monotonic()
         self.phases: list[tuple[str, float]] = []
+        self.errors: list[str] = []
+        self.pages: dict[str, Page] = {}
+        self.steps = Steps(None, folder)
+        self.hub: Hub | None = None
+
+    def open_browsers(self, browser) -> None:
+        for name in (INSTRUCTOR, GOOD, SLOPPY):
+            self.pages[name] = new_page(browser, self.errors)[0]
 
     def shot(self, who: str, what: str, page: Page | None = None, **options) -> Path:
         return self.steps.shot(f"{who}-{what}", page or self.pages[who], **options)
@@ -114,13 +102,29 @@ class Cycle:
 
 
 @pytest.fixture
-def cycle(request, hub, tmp_path):
-    with launch_browser() as browser:
-        cycle = Cycle(browser, tmp_path / "screenshots")
-        yield cycle
-        (cycle.steps.folder / "timing.txt").write_text(cycle.timing() + "\n")
-        print(f"\n{cycle.timing()}")
-        keep_screenshots(request, cycle.steps, cycle.errors, always=True)
+def cycle(request, tmp_path):
+    """The hub (see tests/hubtools.py) with the tiny assignment's source, and a browser
+    context for each person; the screenshots and timing.txt kept in the artifacts."""
+
+    def assignments(folder: Path) -> None:
+        (folder / ASSIGNMENT).mkdir()
+        nbformat.write(tiny_source(), folder / ASSIGNMENT / f"{ASSIGNMENT}.ipynb")
+
+    cycle = Cycle(tmp_path / "screenshots")
+    with running_hub(
+        tmp_path / "hub",
+        instructor=INSTRUCTOR,
+        students=[GOOD, SLOPPY],
+        assignments=assignments,
+    ) as hub:
+        cycle.hub = hub
+        with launch_browser() as browser:
+            cycle.open_browsers(browser)
+            cycle.phase("hub and browser started")
+            yield cycle
+            (cycle.steps.folder / "timing.txt").write_text(cycle.timing() + "\n")
+            print(f"\n{cycle.timing()}")
+            keep_screenshots(request, cycle.steps, cycle.errors, always=True)
 
 
 # ----------------------------------------------------------------------------------
@@ -171,6 +175,9 @@ def formgrader_button(formgrader: Page, icon: str, message: str) -> str:
     expect(dialog.locator(".modal-title")).to_have_text(
         re.compile("Success|Error"), timeout=TIMEOUT_MS
     )
+    formgrader.wait_for_function(  # the end of Bootstrap's fade-in (for the screenshots)
+        "() => getComputedStyle(document.querySelector('.modal.in')).opacity === '1'"
+    )
     text = dialog.inner_text()
     assert message in text, text
     return text
@@ -215,20 +222,27 @@ def submit(page: Page) -> None:
     expect(listed(page, "submitted")).to_have_count(1)
 
 
-def autograde_in_terminal(teacher: Page, hub: Hub) -> Page:
-    """The formgrader's JupyterLab (/services/<course>/lab), File > New > Terminal, and
-    the command of docs/jupyterhub.md; returns the page once the command has finished."""
-    lab = teacher.context.new_page()
-    lab.goto(f"{hub.url}/services/{COURSE}/lab")
+def autograde_in_terminal(teacher: Page) -> Page:
+    """The formgrader's JupyterLab (Nbgrader > Course List in the instructor's own, a new
+    tab), File > New > Terminal, and the command of docs/jupyterhub.md; returns the page
+    once the command has finished."""
+    menu(teacher, "Nbgrader", "Course List")
+    with teacher.context.expect_page() as opened:
+        teacher.get_by_role("link", name=COURSE).click()
+    lab = opened.value
+    lab.wait_for_url(re.compile(f"/services/{COURSE}/lab"))
     expect_lab_loaded(lab)
+    # The link asks for the Formgrader panel; it is off there, as it would stay blank.
+    expect(lab.locator(".lm-TabBar-tab", has_text="Formgrader")).to_have_count(0)
     lab.locator(".lm-MenuBar-itemLabel", has_text=re.compile("^File$")).click()
     lab.locator(".lm-Menu-itemLabel", has_text=re.compile("^New$")).hover()
     lab.locator(".lm-Menu-itemLabel", has_text=re.compile("^Terminal$")).click()
     terminal = lab.locator(".jp-Terminal .xterm")
     expect(terminal).to_be_visible()
+    text = lab.locator(".jp-Terminal .xterm-accessibility-tree")  # screenReaderMode
+    expect(text).to_contain_text(re.compile(r"\S"))  # the prompt: the shell listens
     terminal.click()
     lab.keyboard.type(f'npfl-course autograde {ASSIGNMENT} --jobs 2; echo "exit status $?"\n')
-    text = lab.locator(".jp-Terminal .xterm-accessibility-tree")  # screenReaderMode
     expect(text).to_contain_text(re.compile(r"exit status \d+"), timeout=180_000)
     return lab
 
@@ -253,7 +267,8 @@ def open_feedback(page: Page):
 # ----------------------------------------------------------------------------------
 
 
-def test_release_work_submit_grade_feedback(hub, cycle):
+def test_release_work_submit_grade_feedback(cycle):
+    hub = cycle.hub
     teacher, good, sloppy = (cycle.pages[name] for name in (INSTRUCTOR, GOOD, SLOPPY))
     students = {GOOD: good, SLOPPY: sloppy}
 
@@ -261,6 +276,10 @@ def test_release_work_submit_grade_feedback(hub, cycle):
     for name, page in cycle.pages.items():
         log_in(page, hub, name)
     wait_for_lab(teacher, INSTRUCTOR)
+    # The instructor's own server: no Formgrader panel (it runs in the service only).
+    assert nbgrader_menu(teacher) == ["Assignment List", "Course List", "Create assignment"]
+    cycle.shot(INSTRUCTOR, "nbgrader-menu")
+    teacher.keyboard.press("Escape")
     cycle.phase("log in, servers started")
 
     # 1. The instructor: the formgrader, Generate, Release.
@@ -323,7 +342,7 @@ def test_release_work_submit_grade_feedback(hub, cycle):
     assert "return x + x" in submitted.read_text(), "the typed answer was not submitted"
     cycle.phase("instructor: collect")
 
-    terminal = autograde_in_terminal(teacher, hub)
+    terminal = autograde_in_terminal(teacher)
     output = terminal.locator(".jp-Terminal .xterm-accessibility-tree")
     cycle.shot(INSTRUCTOR, "autograde-in-the-terminal", terminal)
     expect(output).to_contain_text("exit status 0")
@@ -360,14 +379,15 @@ def test_release_work_submit_grade_feedback(hub, cycle):
         )
         expect(feedback.get_by_text("BEGIN HIDDEN TESTS")).to_have_count(0)
         expect(feedback.get_by_text("assert square(-2)")).to_have_count(0)  # a hidden test
+        cycle.shot(name, "feedback")
         if name == SLOPPY:
             failed = feedback.locator("div.cell", has_text="Grade cell: test_square")
             expect(failed).to_contain_text("Score: 0.0 / 1.0")
             expect(failed).to_contain_text(FAILED_TEST)
             failed.scroll_into_view_if_needed()
+            cycle.shot(name, "feedback-failed-test")
         else:
             expect(feedback.locator("body")).not_to_contain_text("Error:")
-        cycle.shot(name, "feedback")
     cycle.phase("students: fetch and read the feedback")
 
     # 5. What a student cannot reach.
