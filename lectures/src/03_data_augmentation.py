@@ -254,7 +254,7 @@ plt.hist2d(cols.numpy(), rows.numpy(), bins=30, cmap="Blues")
 plt.xlabel("column of the centre of mass")
 plt.ylabel("row of the centre of mass")
 plt.title("where the training digits are centred")
-plt.colorbar()
+plt.colorbar(label="training digits per bin")
 plt.show()
 
 # %% [markdown]

@@ -141,7 +141,9 @@ for alpha, results in runs.items():
         axes[k].fill_between(
             epochs, curves[:, k].amin(0), curves[:, k].amax(0), color=line.get_color(), alpha=0.2
         )
-    axes[2].hist(confidence.numpy(), bins=50, range=(0, 1), alpha=0.6, label=f"alpha = {alpha}")
+    axes[2].hist(
+        confidence.numpy(), bins=50, range=(0, 1), histtype="step", lw=2, label=f"alpha = {alpha}"
+    )
     lowest, best = curves[:, 0].min(1)
     final = curves[:, :, -1]
     print(f"alpha = {alpha}: final dev accuracy {final[:, 1].mean():.3f} ± {final[:, 1].std():.3f}")
@@ -174,8 +176,9 @@ plt.show()
 #   loss, not a cap: nothing stops the network from predicting more on a dev example,
 #   and many dev predictions do exceed it (see the printed fraction and maximum).
 # - **Overfitting of the probabilities**: the unsmoothed model's dev NLL reaches its
-#   lowest point and then rises while its accuracy holds: it becomes overconfident on
-#   the dev examples it gets wrong. Compare the epoch of the lowest NLL with the last.
+#   lowest point and then rises (slowly in these short runs) while its accuracy holds:
+#   it becomes overconfident on the dev examples it gets wrong. Compare the epoch of
+#   the lowest NLL with the last.
 # - The smoothed model's NLL is *not* directly comparable: its moderated probabilities
 #   cost likelihood even on examples it gets right.
 # - Compare the differences in dev accuracy with their standard deviations before

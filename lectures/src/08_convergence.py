@@ -143,13 +143,17 @@ points = torch.stack([gx.flatten(), gy.flatten()], 1).to(device)
 with torch.no_grad():
     features = nf.tanh(hidden(points)).cpu()
     positive = nf.softmax(output(nf.tanh(hidden(points))))[:, 1].cpu()
-fig, axes = plt.subplots(1, 4, figsize=(15, 3.5))
-panels = [(f"hidden unit {k}", features[:, k]) for k in range(3)] + [("P(inner circle)", positive)]
-for ax, (title, values) in zip(axes, panels, strict=True):
-    ax.contourf(gx, gy, values.reshape(gx.shape), levels=20, cmap="RdBu_r")
+fig, axes = plt.subplots(1, 4, figsize=(15, 3.8), layout="constrained")
+panels = [(f"hidden unit {k}", features[:, k], -1) for k in range(3)]
+panels.append(("P(inner circle)", positive, 0))
+filled = []
+for ax, (title, values, low) in zip(axes, panels, strict=True):
+    levels = torch.linspace(low, 1, 21)  # fixed: -1..1 for tanh, 0..1 for a probability
+    filled.append(ax.contourf(gx, gy, values.reshape(gx.shape), levels=levels, cmap="RdBu_r"))
     ax.scatter(*X.cpu().T, c=y.cpu(), s=5, cmap="bwr", edgecolors="k", linewidths=0.2)
     ax.set(title=title, aspect="equal", xticks=[], yticks=[])
-plt.tight_layout()
+fig.colorbar(filled[0], ax=axes[:3], label="tanh feature", ticks=[-1, 0, 1], shrink=0.8)
+fig.colorbar(filled[3], ax=axes[3], label="probability", ticks=[0, 0.5, 1], shrink=0.8)
 plt.show()
 
 # %% [markdown]

@@ -189,7 +189,7 @@ for ax in axes:
     ax.axvline(-27.6, color="gray", ls=":", lw=1)
     ax.axvline(-88.7, color="gray", ls="-.", lw=1)
 axes[1].text(-26, -0.3, "z < -27.6:\np(1-p) < 1e-12", fontsize=8)
-axes[1].text(-118, -0.3, "z < -88.7:\nsigmoid(z) = 0\nin float32", fontsize=8)
+axes[1].text(-118, -0.3, "z < -88.7:\nexp(-z) = inf,\nsigmoid(z) = 0\nin float32", fontsize=8)
 axes[0].legend(loc="upper right")
 axes[1].legend(loc="center")
 plt.tight_layout()
@@ -204,9 +204,10 @@ plt.show()
 #   $p(1-p)$ is smaller, so the gradient becomes $-\sigma'(z)/10^{-12} \approx -e^{z}
 #   \cdot 10^{12}$: $-0.69$ at $z = -28$, $-0.09$ at $-30$, practically 0 from $-50$. The
 #   model stops learning from exactly the examples it gets most wrong.
-# - **From $z \approx -88.7$ $\sigma(z)$ is 0** in float32 (smaller than the smallest
-#   normal float32 number), so $\log 0 = -\infty$, which `BCELoss` **clamps** at $-100$:
-#   the loss jumps to 100 and the gradient is exactly 0.
+# - **From $z \approx -88.7$ $\sigma(z)$ is 0** in float32: $\sigma(z) = 1/(1 + e^{-z})$
+#   and $e^{-z}$ overflows to infinity beyond the largest float32 number,
+#   $3.4 \cdot 10^{38} \approx e^{88.7}$. Then $\log 0 = -\infty$, which `BCELoss`
+#   **clamps** at $-100$: the loss jumps to 100 and the gradient is exactly 0.
 #
 # `binary_cross_entropy_with_logits` computes $\log\sigma(z)$ from $z$ directly and is
 # right everywhere. Always prefer the logits version.
