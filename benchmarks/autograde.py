@@ -190,9 +190,12 @@ def cluster(args, workdir: Path, base: Path, students: list[str]) -> int:
     if address == "local":
         from distributed import LocalCluster
 
+        # the workers share this machine: each notebook gets its share of the cores, as
+        # with --jobs (a worker alone on its machine would take them all)
+        threads = str(max(1, (os.cpu_count() or 1) // args.jobs))
         local_cluster = LocalCluster(n_workers=args.jobs, threads_per_worker=1, processes=True,
                                      host="127.0.0.1", dashboard_address=":0",
-                                     silence_logs=40)  # fmt: skip
+                                     silence_logs=40, env={"OMP_NUM_THREADS": threads})  # fmt: skip
         address = local_cluster.scheduler_address
     jobs = ("--jobs", str(args.jobs))
     try:

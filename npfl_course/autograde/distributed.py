@@ -132,7 +132,9 @@ def _cpus() -> int:
 def execute_on_worker(task: Execution) -> Executed:
     """A Dask task: :func:`execute_notebook` on this worker, after :func:`check_worker`.
 
-    The notebook's math libraries get this machine's CPUs divided by the worker's threads.
+    The notebook's math libraries get the worker's own ``OMP_NUM_THREADS`` where it was set
+    (several workers on one machine: ``dask worker --nworkers``, a ``LocalCluster``), else
+    this machine's CPUs divided by the worker's threads.
 
     Raises:
         SandboxUnavailableError: This machine cannot sandbox and ``task`` requires it.
@@ -143,7 +145,9 @@ def execute_on_worker(task: Execution) -> Executed:
     check = check_worker(task.assignment, task.require_sandbox)
     if check.refusal is not None:
         raise SandboxUnavailableError(f"Dask worker {worker.address}: {check.refusal}")
-    threads = str(max(1, _cpus() // max(1, int(getattr(worker, "nthreads", 1) or 1))))
+    threads = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if not threads.isdigit() or int(threads) < 1:
+        threads = str(max(1, _cpus() // max(1, int(getattr(worker, "nthreads", 1) or 1))))
     env = {**task.env, **dict.fromkeys(THREAD_VARIABLES, threads)}
     done = execute_notebook(dataclasses.replace(task, env=env))
     done.worker = worker.address
