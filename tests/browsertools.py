@@ -153,10 +153,29 @@ def keep_screenshots(request, steps: Steps, errors: list[str], always: bool = Fa
 # ----------------------------------------------------------------------------------
 
 
+def open_menu(page: Page, top: str):
+    """Opens the menu bar's ``top`` menu; the open menu. A menu opened while JupyterLab
+    still lays itself out (a busy machine) may close at once: then it tries again."""
+    label = page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(f"^{re.escape(top)}$"))
+    opened = page.locator(".lm-Menu.lm-MenuBar-menu")
+    for _ in range(3):
+        label.click()
+        try:
+            expect(opened).to_be_visible(timeout=5_000)
+            page.wait_for_timeout(200)  # still open a moment later: it stays
+            if opened.is_visible():
+                return opened
+        except AssertionError:
+            pass
+        page.keyboard.press("Escape")
+    expect(opened).to_be_visible()
+    return opened
+
+
 def menu(page: Page, top: str, item: str) -> None:
     """Clicks the menu bar's ``top`` menu, then its entry ``item``."""
-    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(f"^{re.escape(top)}$")).click()
-    page.locator(".lm-Menu-itemLabel", has_text=re.compile(f"^{re.escape(item)}$")).click()
+    entry = open_menu(page, top).locator(".lm-Menu-itemLabel")
+    entry.filter(has_text=re.compile(f"^{re.escape(item)}$")).click()
 
 
 def expect_lab_loaded(page: Page) -> None:
