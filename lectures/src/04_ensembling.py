@@ -97,8 +97,8 @@ axes[0].scatter(*single.T, s=4, label="one model")
 axes[0].scatter(*averaged.T, s=4, label="average of 10 models")
 axes[0].plot(0, 0, "k+", ms=15)
 axes[0].set(aspect="equal", title="predictions around the correct answer (+)")
-axes[0].set(xlim=(-1.1, 1.1), ylim=(-1.1, 1.55))  # room above the disc for the legend
-axes[0].legend(loc="upper center", ncol=2, markerscale=3)
+axes[0].set(xlim=(-1.1, 1.1), ylim=(-1.1, 1.75))  # room above the disc for the legend
+axes[0].legend(loc="upper center", fontsize=8, markerscale=3)
 axes[1].loglog(sizes, independent, "o", label="independent errors (C = 0)")
 axes[1].loglog(sizes, [theory(m, 0) for m in sizes], "C0:", label="theory V / M")
 axes[1].loglog(sizes, correlated, "s", color="C1", label="correlated errors (C = V/2)")

@@ -74,11 +74,11 @@ for alpha in [0.0, ALPHA]:
     logits = torch.zeros(1, K, requires_grad=True)
     optimizer = Adam([logits], lr=0.1)
     margins = {}
-    for step in range(1, 1001):
+    for step in range(1, 401):
         optimizer.zero_grad()
         nf.cross_entropy(logits, gold, label_smoothing=alpha).backward()
         optimizer.step()
-        if step in (125, 250, 500, 1000):
+        if step in (50, 100, 200, 400):
             margins[step] = f"{(logits[0, 3] - logits[0, 0]).item():.2f}"
     theory = math.log((1 - alpha + alpha / K) / (alpha / K)) if alpha else math.inf
     print(f"alpha = {alpha}: margin after {margins} steps; optimum {theory:.2f}")
