@@ -20,7 +20,7 @@ they do what docs/jupyterhub.md tells them, in the pages:
 
 Every step leaves a screenshot, all of them copied to ``$NPFL_ARTIFACTS/browser/<test>/``
 (default: ``artifacts/`` in the repository) with ``timing.txt``, the time of each phase.
-About two minutes on two busy cores.
+About a minute and a half on two idle cores, under three minutes on two busy ones.
 """
 
 from __future__ import annotations
