@@ -142,6 +142,10 @@ def difference(a, b, pairs: dict | None = None, depth: int = 0) -> str | None:
         return None
     if isinstance(a, torch.Generator):
         return None if torch.equal(a.get_state(), b.get_state()) else "generator states differ"
+    if isinstance(a, torch.optim.Optimizer):  # a copy leaves out private flags: not those
+        ours, theirs = (a.defaults, a.param_groups, dict(a.state)), (b.defaults, b.param_groups,
+                                                                      dict(b.state))  # fmt: skip
+        return difference(ours, theirs, pairs, depth + 1)
     if isinstance(a, torch.nn.Module):
         found = difference(_state_of(a), _state_of(b), pairs, depth + 1)
         return found or difference(a.state_dict(keep_vars=True), b.state_dict(keep_vars=True),
