@@ -9,6 +9,7 @@ import zipfile
 
 import nbformat
 import pytest
+from tiny_course import TINY_VARIANTS as VARIANTS
 from tiny_course import tiny_course
 
 from npfl_course import cli
@@ -21,28 +22,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::sqlalchemy.exc.SAWarning")  # n
 NO_SANDBOX = ["--no-sandbox"] if isolation()[0] != "bwrap" else []
 COMMANDS = ["generate", "zip-collect", "autograde", "feedback", "export", "report", "check",
             "demo"]  # fmt: skip
-VARIANTS = """
-WRONG = [
-    {"name": "add subtracts", "cell": "add", "code": "def add(a, b):\\n    return a - b",
-     "fails": ["test_add"]},
-    {"name": "add multiplies", "cell": "add", "code": "def add(a, b):\\n    return a * b",
-     "fails": ["test_add"]},
-    {"name": "mul adds", "cell": "mul", "code": "def mul(a, b):\\n    return a + b",
-     "fails": ["test_mul"]},
-    {"name": "mul subtracts", "cell": "mul", "code": "def mul(a, b):\\n    return a - b",
-     "fails": ["test_mul"]},
-    {"name": "square doubles", "cell": "square", "code": "def square(x):\\n    return x + x",
-     "fails": ["test_square"]},
-    {"name": "square cubes", "cell": "square", "code": "def square(x):\\n    return x ** 3",
-     "fails": ["test_square"]},
-]
-ALTERNATIVE = [{"name": "mul swapped", "cell": "mul", "code": "def mul(a, b):\\n    return b * a"}]
-DELEGATING = [
-    {"name": "square via npfl_lib", "cell": "square", "fails": ["test_square"],
-     "code": "def square(x):\\n    import torch, npfl_lib.functional as F\\n"
-             "    return float(F.relu(torch.tensor(float(x)))) ** 2"},
-]
-"""
 
 
 # ----------------------------------------------------------------------------------

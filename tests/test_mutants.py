@@ -22,6 +22,7 @@ import types
 import nbformat
 import pytest
 import torch
+from tiny_course import TINY_VARIANTS as VARIANTS
 from tiny_course import solution, source_cell, tiny_course
 
 from npfl_course import check, cli
@@ -261,28 +262,6 @@ def test_judge_reads_the_grades_of_each_mutants_submission():
 # npfl-course check catches a weakened test cell
 # ----------------------------------------------------------------------------------
 
-VARIANTS = """
-WRONG = [
-    {"name": "add subtracts", "cell": "add", "code": "def add(a, b):\\n    return a - b",
-     "fails": ["test_add"]},
-    {"name": "add multiplies", "cell": "add", "code": "def add(a, b):\\n    return a * b",
-     "fails": ["test_add"]},
-    {"name": "mul adds", "cell": "mul", "code": "def mul(a, b):\\n    return a + b",
-     "fails": ["test_mul"]},
-    {"name": "mul subtracts", "cell": "mul", "code": "def mul(a, b):\\n    return a - b",
-     "fails": ["test_mul"]},
-    {"name": "square doubles", "cell": "square", "code": "def square(x):\\n    return x + x",
-     "fails": ["test_square"]},
-    {"name": "square cubes", "cell": "square", "code": "def square(x):\\n    return x ** 3",
-     "fails": ["test_square"]},
-]
-ALTERNATIVE = [{"name": "mul swapped", "cell": "mul", "code": "def mul(a, b):\\n    return b * a"}]
-DELEGATING = [
-    {"name": "square via npfl_lib", "cell": "square", "fails": ["test_square"],
-     "code": "def square(x):\\n    import torch, npfl_lib.functional as F\\n"
-             "    return float(F.relu(torch.tensor(float(x)))) ** 2"},
-]
-"""
 SURVIVOR = "mutant survived (full points): cell 'mul': output off by a factor 1.001"
 ACCEPTED = [{"cell": "mul", "mutation": "one output element changed", "reason": "a test"}]
 

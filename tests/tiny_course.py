@@ -16,6 +16,31 @@ c.Execute.timeout = 30
 """
 
 
+# The tiny assignment's variants.py (npfl-course check's tests of the tests).
+TINY_VARIANTS = """
+WRONG = [
+    {"name": "add subtracts", "cell": "add", "code": "def add(a, b):\\n    return a - b",
+     "fails": ["test_add"]},
+    {"name": "add multiplies", "cell": "add", "code": "def add(a, b):\\n    return a * b",
+     "fails": ["test_add"]},
+    {"name": "mul adds", "cell": "mul", "code": "def mul(a, b):\\n    return a + b",
+     "fails": ["test_mul"]},
+    {"name": "mul subtracts", "cell": "mul", "code": "def mul(a, b):\\n    return a - b",
+     "fails": ["test_mul"]},
+    {"name": "square doubles", "cell": "square", "code": "def square(x):\\n    return x + x",
+     "fails": ["test_square"]},
+    {"name": "square cubes", "cell": "square", "code": "def square(x):\\n    return x ** 3",
+     "fails": ["test_square"]},
+]
+ALTERNATIVE = [{"name": "mul swapped", "cell": "mul", "code": "def mul(a, b):\\n    return b * a"}]
+DELEGATING = [
+    {"name": "square via npfl_lib", "cell": "square", "fails": ["test_square"],
+     "code": "def square(x):\\n    import torch, npfl_lib.functional as F\\n"
+             "    return float(F.relu(torch.tensor(float(x)))) ** 2"},
+]
+"""
+
+
 def source_cell(kind: str, grade_id: str, source: str, points: float = 0) -> nbformat.NotebookNode:
     flags = {
         "readonly": (False, True, False),
