@@ -18,7 +18,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbgrader.converters import NbGraderException
-from tiny_course import tiny_course
+from tiny_course import generated_tiny_course, tiny_course
 
 from npfl_course import autograde as ag
 from npfl_course.autograde.merge import (
@@ -30,7 +30,6 @@ from npfl_course.autograde.merge import (
 )
 from npfl_course.autograde.preflight import PreflightError, preflight
 from npfl_course.autograde.restore import read_submitted
-from npfl_course.check import make_submission
 from npfl_course.course import generate_assignment, load_course
 from npfl_course.sandbox import Limits, SandboxResult, isolation
 from npfl_course.worker import ResultChannel, ResultWriter, worker_command
@@ -60,24 +59,11 @@ STUDENTS = {
 }
 
 
-def _submit(course_dir: Path, student: str, notebook) -> None:
-    folder = course_dir / "submitted" / student / "tiny"
-    folder.mkdir(parents=True, exist_ok=True)
-    nbformat.write(notebook, folder / "tiny.ipynb")
-
-
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory) -> Path:
     """The tiny course, generated, with the submissions of STUDENTS (not graded)."""
-    directory = tiny_course(tmp_path_factory.mktemp("tiny") / "course")
-    ok, log = generate_assignment(load_course(directory), "tiny")
-    assert ok, log
-    release = nbformat.read(directory / "release" / "tiny" / "tiny.ipynb", 4)
-    source = nbformat.read(directory / "source" / "tiny" / "tiny.ipynb", 4)
-    for student, (replace, _) in STUDENTS.items():
-        notebook = release if replace is None else make_submission(release, source, replace)
-        _submit(directory, student, notebook)
-    return directory
+    submissions = {student: replace for student, (replace, _) in STUDENTS.items()}
+    return generated_tiny_course(tmp_path_factory.mktemp("tiny") / "course", submissions)
 
 
 def _copy(generated: Path, target: Path) -> Path:

@@ -19,9 +19,8 @@ import threading
 import time
 from pathlib import Path
 
-import nbformat
 import pytest
-from tiny_course import tiny_course
+from tiny_course import generated_tiny_course, tiny_course
 
 from npfl_course import autograde as ag
 from npfl_course.autograde.execution import (
@@ -30,8 +29,7 @@ from npfl_course.autograde.execution import (
     submission_files,
     write_files,
 )
-from npfl_course.check import make_submission
-from npfl_course.course import generate_assignment, load_course
+from npfl_course.course import load_course
 from npfl_course.sandbox import Limits, isolation
 
 UNSANDBOXED = isolation()[0] != "bwrap"  # as in tests/test_autograde.py
@@ -57,17 +55,8 @@ def _scores(course) -> dict[str, dict[str, float]]:
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory) -> Path:
     """The tiny course, generated, with the submissions of STUDENTS (not graded)."""
-    directory = tiny_course(tmp_path_factory.mktemp("tiny") / "course")
-    ok, log = generate_assignment(load_course(directory), "tiny")
-    assert ok, log
-    release = nbformat.read(directory / "release" / "tiny" / "tiny.ipynb", 4)
-    source = nbformat.read(directory / "source" / "tiny" / "tiny.ipynb", 4)
-    for student, (replace, _) in STUDENTS.items():
-        notebook = release if replace is None else make_submission(release, source, replace)
-        folder = directory / "submitted" / student / "tiny"
-        folder.mkdir(parents=True)
-        nbformat.write(notebook, folder / "tiny.ipynb")
-    return directory
+    submissions = {student: replace for student, (replace, _) in STUDENTS.items()}
+    return generated_tiny_course(tmp_path_factory.mktemp("tiny") / "course", submissions)
 
 
 def _cluster(**worker_options):

@@ -112,3 +112,23 @@ def tiny_course(directory: str | os.PathLike) -> Path:
     (directory / "nbgrader_config.py").write_text(TINY_CONFIG, encoding="utf-8")
     nbformat.write(tiny_source(), directory / "source" / "tiny" / "tiny.ipynb")
     return directory
+
+
+def generated_tiny_course(directory: str | os.PathLike, submissions: dict) -> Path:
+    """The tiny course in ``directory``, generated, with one submission per student of
+    ``submissions`` (student -> solution cells replaced, as ``make_submission`` takes
+    them; None: the release untouched). Nothing is graded."""
+    from npfl_course.check import make_submission
+    from npfl_course.course import generate_assignment, load_course
+
+    directory = tiny_course(directory)
+    ok, log = generate_assignment(load_course(directory), "tiny")
+    assert ok, log
+    release = nbformat.read(directory / "release" / "tiny" / "tiny.ipynb", 4)
+    source = nbformat.read(directory / "source" / "tiny" / "tiny.ipynb", 4)
+    for student, replace in submissions.items():
+        notebook = release if replace is None else make_submission(release, source, replace)
+        folder = directory / "submitted" / student / "tiny"
+        folder.mkdir(parents=True, exist_ok=True)
+        nbformat.write(notebook, folder / "tiny.ipynb")
+    return directory
