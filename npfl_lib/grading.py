@@ -38,7 +38,15 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["ForbiddenCallError", "check_close", "forbid", "time_limit", "pick_device"]
+__all__ = [
+    "ForbiddenCallError",
+    "active_forbidden",
+    "check_close",
+    "forbid",
+    "time_limit",
+    "pick_device",
+    "student_side",
+]
 
 
 # ----------------------------------------------------------------------------------
@@ -156,6 +164,18 @@ def _report(name: str) -> None:
 
 
 _CALLS: list[list[str]] = []  # one list per active forbid block, innermost last
+_TARGETS: list[tuple[str, ...]] = []  # the targets of each active forbid block
+
+
+def active_forbidden() -> tuple[str, ...]:
+    """The targets of the :func:`forbid` blocks active now, outermost first.
+
+    A grader that runs the student's functions in another process (``npfl-course
+    autograde``) sends them along with each call, so that the same calls are forbidden
+    there.
+    """
+    return tuple(dict.fromkeys(target for targets in _TARGETS for target in targets))
+
 
 # Where torch keeps the same C function under several names (torch.softmax is also
 # torch._C._VariableFunctions.softmax, F.relu6 lives in torch._C._nn, ...).
@@ -372,10 +392,12 @@ def forbid(*targets: str) -> Iterator[None]:
                 seen.add(id(obj))
                 _patch(patches, name, obj)
         _CALLS.append(calls)
+        _TARGETS.append(tuple(targets))
         yield
     finally:
         if _CALLS and _CALLS[-1] is calls:
             _CALLS.pop()
+            _TARGETS.pop()
         patches.undo()
     if calls:  # a forbidden call happened but its error was swallowed
         raise ForbiddenCallError(f"{calls[0]} is not allowed in this exercise: write it yourself")
@@ -431,6 +453,27 @@ def time_limit(seconds: float) -> Iterator[None]:
         if outer_left:  # resume the enclosing limit with the time it has left
             left = outer_left - (time.monotonic() - start)
             signal.setitimer(signal.ITIMER_REAL, max(left, 1e-6))
+
+
+def student_side(function):
+    """Marks a helper of a locked cell that must run where the student's code runs.
+
+    ``npfl-course autograde`` runs the test cells in a process of their own and calls the
+    student's functions in the student's kernel (see the course's docs/grading.md). A
+    test that must see the student's functions call each other (e.g. wrap the student's
+    ``sgd_step`` to record what ``train`` does) puts that in a helper in a locked setup
+    cell, marked with this decorator: the whole helper then runs in the student's kernel
+    and only its result comes back. What it returns is as trustworthy as the student's
+    own functions: check it in the test cell. In one process (JupyterLab, nbgrader's
+    Validate, plain ``nbgrader autograde``) the decorator changes nothing.
+
+    Returns:
+        The same function, marked.
+    """
+    if not callable(function):
+        raise TypeError(f"student_side decorates a function, got {function!r}")
+    function.__npfl_student_side__ = True
+    return function
 
 
 def pick_device() -> torch.device:

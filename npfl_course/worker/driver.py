@@ -120,8 +120,8 @@ class GradingClient(NotebookClient):
     """nbclient's executor with nbgrader's ``Execute`` settings, a guard and bounds."""
 
     def __init__(self, nb: NotebookNode, out: ResultWriter, cell_seconds: float,
-                 memory_mb: int | None,
-                 disk_mb: int | None = None, **kwargs: Any) -> None:  # fmt: skip
+                 memory_mb: int | None, disk_mb: int | None = None, split: bool = True,
+                 **kwargs: Any) -> None:  # fmt: skip
         self.cell_seconds = cell_seconds
         timeout_error = {
             "ename": "CellTimeoutError",
@@ -152,6 +152,11 @@ class GradingClient(NotebookClient):
             **kwargs,
         )
         self.out, self.memory_mb, self.disk_mb = out, memory_mb, disk_mb
+        self.split = split
+        self.calls: Any = None  # trusted.KernelCalls, once the kernel runs
+        self.trusted: Any = None  # trusted.TrustedCells
+        self.student_names: set[str] = set()
+        self.setup_cells: set[int] = set()
         self._interrupter: asyncio.Future | None = None
         self.cells_run = 0
         self.pid = os.getpid()
@@ -239,6 +244,12 @@ class GradingClient(NotebookClient):
             self._rich[cell_index] = kept + size
         else:
             self._cell[kind] += size
+        last = outs[-1] if outs else None
+        if (kind == "stream" and last is not None and last.get("output_type") == "stream"
+                and last.get("name") == content.get("name")):  # fmt: skip
+            last["text"] = last.get("text", "") + text  # one output per run of prints
+            self._notebook_take(0, size, values)
+            return None
         self._cell["count"] += 1
         self._notebook_take(1, size, values)
         return super().output(outs, msg, display_id, cell_index)
@@ -307,10 +318,12 @@ class GradingClient(NotebookClient):
                 reply = await self._silent(f"{GUARD}.install()", timeout=300)
                 if reply["content"]["status"] != "ok":
                     raise WorkerError(f"the guard could not be installed: {_reason(reply)}")
+                if self.split:
+                    self._start_trusted()
                 for index, cell in enumerate(self.nb.cells):
                     stop = False
                     if cell.cell_type == "code":
-                        stop = await self._run_cell(index, cell)
+                        stop = await self._run_code_cell(index, cell)
                     self.cells_run = index + 1
                     self.save(done=False)
                     if stop:
@@ -321,8 +334,86 @@ class GradingClient(NotebookClient):
             if self.cells_run == 0 and not self._started():
                 raise WorkerError(f"the kernel did not start: {type(exc).__name__}: {exc}") from exc
             raise
+        finally:
+            if self.calls is not None:
+                self.calls.close()
         self.cells_run = len(self.nb.cells)
         self.save(done=True)
+
+    # -- the test cells, out of the kernel -----------------------------------------------
+
+    def _start_trusted(self) -> None:
+        """The test cells' side (:mod:`npfl_course.worker.trusted`): its imports are done
+        before any of the student's code runs."""
+        import npfl_lib  # noqa: F401 - imported before the student's code runs
+        import npfl_lib.grading  # noqa: F401
+        from npfl_course.worker import trusted
+
+        trusted.allowed_globals()
+        self.calls = trusted.KernelCalls(
+            self.km.get_connection_info(),
+            emit=lambda msg: None,
+            kernel_pid=self._live_kernel_pid,
+            before_interrupt=self._before_interrupt,
+            after_interrupt=self._after_timeout,
+        )
+        self.trusted = trusted.TrustedCells(self.calls)
+        self.student_names, self.setup_cells = _student_names_and_setup(self.nb.cells)
+
+    def _live_kernel_pid(self) -> int | None:
+        process = self._kernel_process()
+        return process.pid if process is not None and process.poll() is None else None
+
+    def _before_interrupt(self) -> None:
+        kernel = self._kernel_pid()
+        _set_process_limit(kernel, 0)
+        _kill_descendants(keep={kernel}, below=kernel)
+
+    async def _run_code_cell(self, index: int, cell: NotebookNode) -> bool:
+        """Runs one code cell where it belongs; True when no further cell may run."""
+        if not self.split or not _is_test_cell(cell):
+            await self._drain_iopub()
+            stop = await self._run_cell(index, cell)
+            if stop or not self.split or index not in self.setup_cells:
+                return stop
+            return self._run_trusted(index, cell, shown=False)
+        cell.outputs = []
+        cell.execution_count = None
+        return self._run_trusted(index, cell, shown=True)
+
+    async def _drain_iopub(self) -> None:
+        """Drops what the test cells' calls published: nbclient's queue, full, would drop
+        the next cell's messages."""
+        socket = getattr(getattr(self.kc, "iopub_channel", None), "socket", None)
+        if self.calls is None or socket is None:
+            return
+        while await socket.poll(0):
+            await socket.recv_multipart()
+
+    def _run_trusted(self, index: int, cell: NotebookNode, shown: bool) -> bool:
+        """Runs a test cell (``shown``) or a setup cell's copy here, out of the kernel."""
+        assert self.calls is not None and self.trusted is not None
+
+        def emit(msg: dict) -> None:
+            if shown:
+                self.process_message(msg, cell, index)
+
+        deadline = time.monotonic() + self.cell_seconds
+        error = self.trusted.run(index, cell.source, self.student_names, emit, deadline)
+        if error is not None:
+            if error["ename"] == "CellTimeoutError":
+                error["evalue"] = self._timeout_message()
+            if not shown:
+                error["evalue"] = f"in the grader's copy of this cell: {error['evalue']}"
+            cell.outputs.append(_error(error["ename"], error["evalue"], error["traceback"]))
+        if shown:
+            self._finish_outputs(cell)
+        if self.calls.dead is None:
+            return False
+        reason = self._death_reason()
+        cell.outputs.append(_error("DeadKernelError", f"the kernel died in this cell: {reason}"))
+        self._fail_rest(index + 1, f"the kernel died in cell {index} ({reason})")
+        return True
 
     def _started(self) -> bool:
         return self.kc is not None
@@ -495,6 +586,38 @@ def _kill_descendants(keep: set[int | None], below: int | None = None) -> None:
         time.sleep(0.01)
 
 
+def _is_test_cell(cell: NotebookNode) -> bool:
+    """A cell with points that is not the student's answer: it runs out of the kernel."""
+    meta = cell.get("metadata", {}).get("nbgrader", {})
+    return bool(meta.get("grade")) and not meta.get("solution")
+
+
+def _student_names_and_setup(cells: list) -> tuple[set[str], set[int]]:
+    """The names the student's cells bind, and the locked cells the test cells build on
+    (those that bind a name a later test cell, or such a cell, reads)."""
+    from npfl_course.worker.trusted import bound_and_read
+
+    student: set[str] = set()
+    for cell in cells:
+        if cell.cell_type == "code" and not is_trusted(cell):
+            student |= bound_names(cell.source) or set()
+    setup, needed = set(), set()
+    for index in range(len(cells) - 1, -1, -1):
+        cell = cells[index]
+        if cell.cell_type != "code" or not is_trusted(cell):
+            continue
+        names = bound_and_read(cell.source)
+        if names is None:
+            continue
+        bound, read = names
+        if _is_test_cell(cell):
+            needed |= read
+        elif bound & needed:
+            setup.add(index)
+            needed |= read
+    return student, setup
+
+
 def _reason(reply: dict) -> str:
     content = reply.get("content", {})
     return f"{content.get('ename')}: {content.get('evalue')}"
@@ -549,6 +672,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cell-timeout", type=float, default=120.0, help="seconds per cell")
     parser.add_argument("--memory-mb", type=int, default=None, help="for error messages")
     parser.add_argument("--disk-mb", type=int, default=None, help="for error messages")
+    parser.add_argument(
+        "--tests-in-kernel",
+        action="store_true",
+        help="run the test cells in the student's kernel too (as nbgrader does), not here",
+    )
     args = parser.parse_args(argv)
     if not args.cell_timeout > 0:
         parser.error(f"--cell-timeout must be positive, got {args.cell_timeout}")
@@ -569,7 +697,8 @@ def main(argv: list[str] | None = None) -> int:
     notebook = rejoin_lines(from_dict(data))  # sources as strings, as nbformat.read gives
     with contextlib.suppress(Exception):  # Linux: orphans of the cells become our children
         ctypes.CDLL(None).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
-    client = GradingClient(notebook, out, args.cell_timeout, args.memory_mb, args.disk_mb)
+    client = GradingClient(notebook, out, args.cell_timeout, args.memory_mb, args.disk_mb,
+                           split=not args.tests_in_kernel)  # fmt: skip
     try:
         asyncio.run(client.grade(_kernel_environment()))
     except BaseException as exc:  # noqa: BLE001 - keep what ran; the parent reports the rest

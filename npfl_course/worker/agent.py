@@ -1,0 +1,349 @@
+"""The student's kernel's end of the grader's calls (see :mod:`npfl_course.worker.trusted`).
+
+The test cells run in the worker, not in the student's kernel; where they call a
+student's function, the worker sends the call here as an ``execute_request`` whose code
+is ``AGENT.call('<base64>')``: the request is a pickle made by the worker (trusted data:
+unpickling it here is safe), holding the function's name, its arguments, the grader's
+random state, default dtype and grad mode, and the targets of the active
+:func:`npfl_lib.grading.forbid` blocks. The function runs at the top of that request, so
+what it prints, warns or displays reaches JupyterLab's output as from any cell; the
+reply (:func:`reply`, read as a ``user_expression``) is ``torch.save`` of plain data,
+which the worker reads with ``torch.load(weights_only=True)``: the outcome (the result,
+or the error's class, message and traceback), the arguments after the call (for changes
+made in place) and the random state after it.
+
+Nothing here is a defence: the student's code can replace this module's functions, and
+then the worker reads whatever comes back as data, never as code.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import pickle
+import sys
+from typing import Any
+
+MAX_DEPTH = 64  # nesting of containers in a result
+MAX_ITEMS = 1_000_000  # containers' items in a result
+# Modules whose nn.Module and Optimizer classes the grader can rebuild (it imports them).
+TRUSTED_CLASS_ROOTS = ("torch", "npfl_lib")
+
+_state: dict[str, Any] = {"reply": None}
+
+
+class _Text:
+    """A string shown without quotes (IPython's repr of a user expression's value)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _namespace() -> dict:
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    return shell.user_ns if shell is not None else vars(sys.modules["__main__"])
+
+
+def lookup(name: str) -> Any:
+    """A student's name (the worker's proxies unpickle to this)."""
+    namespace = _namespace()
+    if name not in namespace:
+        raise NameError(f"name {name!r} is not defined")
+    return namespace[name]
+
+
+def describe(names: list[str]) -> _Text:
+    """Which of ``names`` the student's namespace binds: ``{name: "callable" | "value"}``."""
+    import json
+
+    namespace = _namespace()
+    found = {}
+    for name in names:
+        if isinstance(name, str) and name in namespace:
+            found[name] = "callable" if callable(namespace[name]) else "value"
+    return _Text(json.dumps(found))
+
+
+def reply() -> _Text:
+    """The last call's reply, base64 text (read once)."""
+    text, _state["reply"] = _state["reply"], None
+    return _Text(text or "")
+
+
+def ambient() -> dict:
+    """What a call's result depends on besides its arguments, and what it changes."""
+    import torch
+
+    state = {
+        "rng": torch.get_rng_state(),
+        "dtype": str(torch.get_default_dtype()).removeprefix("torch."),
+        "grad": torch.is_grad_enabled(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_ambient(state: dict) -> None:
+    """Takes over the other side's random state, default dtype and grad mode."""
+    import torch
+
+    torch.set_rng_state(state["rng"])
+    dtype = getattr(torch, state["dtype"], None)
+    if isinstance(dtype, torch.dtype):
+        torch.set_default_dtype(dtype)
+    torch.set_grad_enabled(bool(state["grad"]))
+    if "cuda_rng" in state and torch.cuda.is_available():
+        with contextlib.suppress(Exception):
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+
+def with_grad(value: Any, requires_grad: bool, parameter: bool, grad: Any) -> Any:
+    """A tensor of the grader's with its gradient (pickles leave gradients out)."""
+    import torch
+
+    tensor = torch.nn.Parameter(value, requires_grad) if parameter else value
+    if not parameter and requires_grad:
+        tensor.requires_grad_(True)
+    if grad is not None:
+        tensor.grad = grad
+    return tensor
+
+
+def _trusted_class(cls: type) -> bool:
+    module = getattr(cls, "__module__", "") or ""
+    return module.split(".")[0] in TRUSTED_CLASS_ROOTS
+
+
+class _Packer:
+    """Turns a result into what ``torch.load(weights_only=True)`` reads, with markers
+    (``{"__npfl__": kind, ...}``) for generators, optimizers, numpy, sets and for objects
+    the grader cannot rebuild (``"opaque"``: their type and repr only)."""
+
+    def __init__(self, leaves: list | None = None) -> None:
+        self.items = 0
+        self.leaves = leaves or []  # the arguments' tensors that require grad
+
+    def pack(self, value: Any, depth: int = 0) -> Any:
+        import torch
+
+        self.items += 1
+        if depth > MAX_DEPTH or self.items > MAX_ITEMS:
+            return self.opaque(value, "nested too deeply or too large")
+        if value is None or isinstance(value, (bool, int, float, complex, str, bytes)):
+            return value
+        if isinstance(value, torch.Tensor):
+            if value.grad_fn is not None and value.numel() == 1 and self.leaves:
+                return self.differentiable(value)
+            if value.is_leaf and value.grad is not None:
+                return {"__npfl__": "tensor", "value": value, "grad": value.grad}
+            return value
+        if isinstance(value, (torch.dtype, torch.device, torch.Size)):
+            return value
+        if isinstance(value, torch.Generator):
+            return {
+                "__npfl__": "generator",
+                "device": str(value.device),
+                "state": value.get_state(),
+            }
+        if isinstance(value, torch.nn.Module):
+            if all(_trusted_class(type(m)) for m in value.modules()):
+                grads = {
+                    name: p.grad
+                    for name, p in value.named_parameters(remove_duplicate=False)
+                    if p.grad is not None
+                }
+                return {"__npfl__": "module", "module": value, "grads": grads} if grads else value
+            return {
+                "__npfl__": "module_state",
+                "tensors": {
+                    **dict(value.named_parameters(remove_duplicate=False)),
+                    **dict(value.named_buffers(remove_duplicate=False)),
+                },
+                "training": {name: m.training for name, m in value.named_modules()},
+                "type": f"{type(value).__module__}.{type(value).__qualname__}",
+            }
+        if isinstance(value, torch.optim.Optimizer):
+            return self.optimizer(value, depth)
+        if type(value) in (list, tuple) or isinstance(value, tuple) and hasattr(value, "_fields"):
+            items = [self.pack(item, depth + 1) for item in value]
+            return items if isinstance(value, list) else tuple(items)
+        if isinstance(value, dict):
+            return {self.pack(k, depth + 1): self.pack(v, depth + 1) for k, v in value.items()}
+        if isinstance(value, (set, frozenset)):
+            return {
+                "__npfl__": "set",
+                "items": [self.pack(v, depth + 1) for v in value],
+                "frozen": isinstance(value, frozenset),
+            }
+        numpy = sys.modules.get("numpy")
+        if numpy is not None and isinstance(value, (numpy.ndarray, numpy.generic)):
+            with contextlib.suppress(Exception):
+                array = numpy.asarray(value)
+                return {
+                    "__npfl__": "numpy",
+                    "array": torch.from_numpy(array.copy()),
+                    "scalar": isinstance(value, numpy.generic),
+                }
+        return self.opaque(value)
+
+    def differentiable(self, value: Any) -> Any:
+        """A scalar the test may differentiate: its value, and its gradients with respect
+        to the arguments' tensors (the grader rebuilds a tensor with the same value whose
+        backward() gives the arguments these gradients)."""
+        import torch
+
+        try:
+            grads = torch.autograd.grad(value, self.leaves, retain_graph=True, allow_unused=True)
+        except Exception:  # noqa: BLE001 - not differentiable after all: the value only
+            return value
+        return {
+            "__npfl__": "differentiable",
+            "value": value.detach(),
+            "leaves": list(self.leaves),
+            "grads": list(grads),
+        }
+
+    def optimizer(self, value: Any, depth: int) -> Any:
+        cls = type(value)
+        if not _trusted_class(cls):
+            return self.opaque(value, "an optimizer of a class defined outside torch")
+        groups = []
+        for group in value.param_groups:
+            groups.append(
+                {
+                    key: list(item) if key == "params" else self.pack(item, depth + 1)
+                    for key, item in group.items()
+                }
+            )
+        state = [(param, self.pack(dict(entry), depth + 1)) for param, entry in value.state.items()]
+        return {
+            "__npfl__": "optimizer",
+            "class": f"{cls.__module__}.{cls.__qualname__}",
+            "defaults": self.pack(value.defaults, depth + 1),
+            "param_groups": groups,
+            "state": state,
+        }
+
+    @staticmethod
+    def opaque(value: Any, why: str = "") -> dict:
+        try:
+            text = repr(value)[:300]
+        except Exception:  # noqa: BLE001 - a broken __repr__ must not break the reply
+            text = "<unprintable>"
+        cls = type(value)
+        return {
+            "__npfl__": "opaque",
+            "type": f"{cls.__module__}.{cls.__qualname__}",
+            "repr": text,
+            "why": why,
+        }
+
+
+def leaves(value: Any, found: list | None = None, depth: int = 0) -> list:
+    """The tensors that require grad among the arguments (module parameters included)."""
+    import torch
+
+    found = [] if found is None else found
+    if depth > MAX_DEPTH or len(found) > 100_000:
+        return found
+    if isinstance(value, torch.Tensor):
+        if value.requires_grad and value.is_leaf and not any(value is f for f in found):
+            found.append(value)
+    elif isinstance(value, torch.nn.Module):
+        for parameter in value.parameters():
+            leaves(parameter, found, depth + 1)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            leaves(item, found, depth + 1)
+    elif isinstance(value, dict):
+        for item in value.values():
+            leaves(item, found, depth + 1)
+    return found
+
+
+def _error(exc: BaseException) -> dict:
+    """An exception as plain data: its class's module and name, message, traceback."""
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    tb = exc.__traceback__
+    if tb is not None and tb.tb_frame.f_code is call.__code__:
+        tb = tb.tb_next  # this module's frame is not the student's
+    lines: list[str] = []
+    with contextlib.suppress(Exception):
+        if shell is not None:
+            lines = list(shell.InteractiveTB.structured_traceback(type(exc), exc, tb))
+    if not lines:
+        import traceback
+
+        lines = traceback.format_exception(type(exc), exc, tb)
+    try:
+        message = str(exc)
+    except Exception:  # noqa: BLE001
+        message = "<unprintable message>"
+    cls = type(exc)
+    return {
+        "module": cls.__module__,
+        "name": cls.__qualname__,
+        "message": message[:20_000],
+        "traceback": [str(line)[:20_000] for line in lines[-50:]],
+    }
+
+
+def call(request: str) -> None:
+    """Runs one call of the grader's (see the module docstring); the reply waits in
+    :func:`reply`."""
+    import torch
+
+    _state["reply"] = None
+    message = pickle.loads(base64.b64decode(request))  # noqa: S301 - made by the grader
+    args, kwargs = message["args"], message["kwargs"]
+    outcome: dict[str, Any]
+    own = ambient()  # the kernel's own, put back after the call
+    try:
+        with contextlib.ExitStack() as stack:
+            set_ambient(message["ambient"])
+            if message.get("forbidden"):
+                from npfl_lib.grading import forbid
+
+                stack.enter_context(forbid(*message["forbidden"]))
+            try:
+                function = lookup(message["name"])
+                value = function if message["op"] == "get" else function(*args, **kwargs)
+                outcome = {"ok": True, "value": value}
+            except BaseException as exc:  # noqa: BLE001 - SystemExit, KeyboardInterrupt too
+                outcome = {"ok": False, "error": _error(exc)}
+    except BaseException as exc:  # noqa: BLE001 - forbid's exit: a swallowed forbidden call
+        outcome = {"ok": False, "error": _error(exc)}
+    after = ambient()
+    set_ambient(own)
+    packer = _Packer(leaves([args, kwargs]))
+    if outcome["ok"]:
+        outcome["value"] = packer.pack(outcome["value"])
+    packer.leaves = []
+    answer = {
+        "outcome": outcome,
+        "args": packer.pack(list(args)),
+        "kwargs": packer.pack(dict(kwargs)),
+        "ambient": after,
+    }
+    buffer = io.BytesIO()
+    try:
+        torch.save(answer, buffer)
+    except Exception as exc:  # noqa: BLE001 - e.g. a tensor subclass torch cannot save
+        answer = {
+            "outcome": {"ok": False, "error": _error(exc)},
+            "args": None,
+            "kwargs": None,
+            "ambient": after,
+        }
+        buffer = io.BytesIO()
+        torch.save(answer, buffer)
+    _state["reply"] = base64.b64encode(buffer.getvalue()).decode("ascii")

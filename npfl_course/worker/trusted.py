@@ -1,0 +1,927 @@
+"""The test cells' side of grading: they run in the worker, out of the student's reach.
+
+``npfl-course autograde`` runs a notebook in two processes. The student's cells run in
+the sandboxed kernel (:mod:`npfl_course.worker.driver`); the test cells (cells with
+points) run here, in the worker, a process the kernel cannot reach (it is not dumpable:
+no ptrace, no ``/proc/<pid>/mem``; nothing it writes to files is read back). The
+locked cells the test cells build on (the setup) run in both.
+
+In a test cell the student's names are :class:`Proxy` objects (functions, classes) or
+copies of their values (data). A call of a proxy sends the arguments to the kernel
+(pickled here: the kernel unpickles what the grader made, the safe direction), runs the
+student's function there (:mod:`npfl_course.worker.agent`) with this side's random
+state, default dtype, grad mode and active :func:`npfl_lib.grading.forbid` targets, and
+brings back as plain data, read with ``torch.load(weights_only=True)`` and a list of
+classes (torch's and npfl_lib's modules and optimizers): the result, the arguments after
+the call (changes made in place, gradients included, are copied into the objects the
+test passed; a result that is an argument is that argument) and the random state after
+it. What the call printed or displayed appears in the test cell's output; an error it
+raised is raised here (builtin and torch exception classes as themselves, others under
+their name) with the kernel's traceback. Comparisons, time limits (the kernel is
+interrupted from here) and so the points are decided here only; the hidden tests never
+enter the kernel.
+
+What an assignment's test cells may do (see docs/grading.md, "Two processes"): pass
+data to the student's functions (tensors, numbers, strings, lists, tuples, dicts,
+generators, ``torch.nn`` modules; not open files or lambdas), expect back data of the
+same kinds (also ``torch.optim`` optimizers and numpy values); the student's objects of
+other classes arrive as :class:`Unreadable`.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import builtins
+import collections
+import contextlib
+import io
+import json
+import os
+import pickle
+import queue
+import signal
+import sys
+import time
+import traceback
+import types
+from collections.abc import Callable
+from typing import Any
+
+from npfl_course.worker import agent
+
+AGENT = "__import__('npfl_course.worker.agent', fromlist=['call'])"
+MAX_REPLY_CHARS = 512 << 20  # base64 of one call's reply
+DRAIN_SECONDS = 10  # after an interrupt, how long the kernel has to answer
+OUTPUT_TYPES = (
+    "stream",
+    "display_data",
+    "update_display_data",
+    "clear_output",
+    "error",
+    "execute_result",
+)
+CELL_FILENAME = "<test cell {index}>"
+
+
+class CellTimeoutError(Exception):
+    """The test cell ran past the per-cell time limit (the kernel was interrupted)."""
+
+
+class DeadKernelError(Exception):
+    """The student's kernel died during a call."""
+
+
+class StudentError(Exception):
+    """An error of the student's code whose class the grader does not have."""
+
+
+class Unreadable:
+    """An object of the student's that the grader cannot rebuild (a class defined in the
+    notebook, a lambda, ...): its type and repr, and an error on any use."""
+
+    def __init__(self, type_name: str, text: str, why: str = "") -> None:
+        self._type, self._text, self._why = type_name, text, why
+
+    def __repr__(self) -> str:
+        return f"<{self._type} object from the student's kernel: {self._text}>"
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        why = f" ({self._why})" if self._why else ""
+        raise TypeError(
+            f"the grader cannot use an object of type {self._type}{why}: the tests can "
+            "read tensors, numbers, strings, lists, tuples, dicts, torch.nn modules and "
+            "torch.optim optimizers"
+        )
+
+
+class Proxy:
+    """A student's function or class in a test cell: calls run in the student's kernel."""
+
+    def __init__(self, calls: KernelCalls, name: str) -> None:
+        self._calls, self.__name__ = calls, name
+        self.__qualname__ = name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._calls.call(self.__name__, args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"<{self.__name__} in the student's kernel>"
+
+    def __reduce__(self):
+        return (agent.lookup, (self.__name__,))
+
+
+# -- from the kernel: plain data only ------------------------------------------------
+
+
+def _classes(root: Any, base: type) -> list[type]:
+    found = []
+    for value in vars(root).values():
+        if isinstance(value, type) and issubclass(value, base):
+            found.append(value)
+    return found
+
+
+_allowed: list[Any] = []
+_optimizers: dict[str, type] = {}
+
+
+def allowed_globals() -> list[Any]:
+    """What a reply may name: torch's and npfl_lib's module classes, and dict (the
+    optimizers come as markers, see :class:`npfl_course.worker.agent._Packer`)."""
+    if not _allowed:
+        import torch
+
+        roots: list[Any] = [torch.nn, torch.nn.modules]
+        roots += [m for n, m in sys.modules.items() if n.startswith("torch.nn.modules.") and m]
+        roots += [
+            m
+            for n, m in sys.modules.items()
+            if (n == "npfl_lib" or n.startswith("npfl_lib.")) and m
+        ]
+        classes = {c for root in roots for c in _classes(root, torch.nn.Module)}
+        _allowed.extend(sorted(classes, key=lambda c: (c.__module__, c.__qualname__)))
+        _allowed.append(dict)
+        optimizers = [
+            m
+            for n, m in sys.modules.items()
+            if (n.startswith("torch.optim") or n.startswith("npfl_lib")) and m
+        ]
+        for root in optimizers:
+            for cls in _classes(root, torch.optim.Optimizer):
+                _optimizers[f"{cls.__module__}.{cls.__qualname__}"] = cls
+    return _allowed
+
+
+def decode(text: str) -> dict:
+    """A reply (base64 of ``torch.save``) as data; raises ValueError when it is not one."""
+    import torch
+
+    if len(text) > MAX_REPLY_CHARS:
+        raise ValueError(f"the reply is larger than {MAX_REPLY_CHARS >> 20} MiB")
+    try:
+        data = base64.b64decode(text.encode("ascii"), validate=True)
+        with torch.serialization.safe_globals(allowed_globals()):
+            reply = torch.load(io.BytesIO(data), weights_only=True, map_location=None)
+    except Exception as exc:  # noqa: BLE001 - anything the kernel sent that is not a reply
+        raise ValueError(f"the grader cannot read what came back ({_first_line(exc)})") from None
+    if not isinstance(reply, dict) or not isinstance(reply.get("outcome"), dict):
+        raise ValueError("the grader cannot read what came back (not a reply)")
+    return reply
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    for line in text.splitlines():
+        if "Unsupported global" in line:
+            return line.strip()[:300]
+    return (text.splitlines() or [type(exc).__name__])[0][:300]
+
+
+def _marker(value: Any) -> str | None:
+    if isinstance(value, dict) and isinstance(value.get("__npfl__"), str):
+        return value["__npfl__"]
+    return None
+
+
+class Receiver:
+    """Rebuilds what came back, maps the arguments' counterparts to the test's objects and
+    copies changes made in place (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.mapping: dict[int, Any] = {}  # id(decoded) -> the test's object
+        self.keep: list[Any] = []  # the decoded objects, alive while ids are compared
+
+    # the arguments
+    def sync(self, original: Any, decoded: Any, depth: int = 0) -> None:
+        import torch
+
+        if depth > agent.MAX_DEPTH or decoded is None:
+            return
+        kind = _marker(decoded)
+        self.keep.append(decoded)
+        if isinstance(original, torch.Tensor):
+            grad = _MISSING
+            if kind == "tensor":
+                decoded, grad = decoded.get("value"), decoded.get("grad")
+            if isinstance(decoded, torch.Tensor):
+                self._tensor(original, decoded, None if grad is _MISSING else grad)
+        elif isinstance(original, torch.nn.Module):
+            grads = {}
+            if kind == "module":
+                decoded, grads = decoded.get("module"), decoded.get("grads") or {}
+            if isinstance(decoded, torch.nn.Module):
+                self._module(original, decoded, grads)
+            elif kind == "module_state":
+                self._module_state(original, decoded)
+        elif isinstance(original, torch.Generator) and kind == "generator":
+            with contextlib.suppress(Exception):
+                original.set_state(decoded["state"])
+            self.mapping[id(decoded)] = original
+        elif type(original) is list and type(decoded) is list:
+            for old, new in zip(original, decoded, strict=False):
+                self.sync(old, new, depth + 1)
+            items = [self.receive(item, depth + 1) for item in decoded]
+            if len(items) != len(original) or any(
+                a is not b for a, b in zip(items, original, strict=True)
+            ):
+                original[:] = items
+            self.mapping[id(decoded)] = original
+        elif type(original) is dict and type(decoded) is dict and kind is None:
+            for key in original.keys() & decoded.keys():
+                self.sync(original[key], decoded[key], depth + 1)
+            items = {key: self.receive(value, depth + 1) for key, value in decoded.items()}
+            if items.keys() != original.keys() or any(items[k] is not original[k] for k in items):
+                original.clear()
+                original.update(items)
+            self.mapping[id(decoded)] = original
+        elif isinstance(original, tuple) and isinstance(decoded, (tuple, list)):
+            for old, new in zip(original, decoded, strict=False):
+                self.sync(old, new, depth + 1)
+
+    def _tensor(self, original, decoded, grad) -> None:
+        import torch
+
+        self.mapping[id(decoded)] = original
+        with torch.no_grad():
+            same = (
+                decoded.shape == original.shape
+                and decoded.dtype == original.dtype
+                and decoded.device == original.device
+            )
+            if same:
+                if not torch.equal(decoded, original):
+                    original.copy_(decoded)
+            else:
+                original.data = decoded.detach()
+        if grad is None or not isinstance(grad, torch.Tensor):
+            if original.grad is not None and (original.is_leaf or original.retains_grad):
+                original.grad = None
+        elif original.is_leaf:
+            if (
+                original.grad is not None
+                and original.grad.shape == grad.shape
+                and (original.grad.dtype == grad.dtype)
+            ):
+                with torch.no_grad():
+                    original.grad.copy_(grad)
+            else:
+                with contextlib.suppress(RuntimeError):
+                    original.grad = grad.detach()
+
+    def _module(self, original, decoded, grads: dict) -> None:
+        self.mapping[id(decoded)] = original
+        new_modules = dict(decoded.named_modules(remove_duplicate=False))
+        for name, module in original.named_modules(remove_duplicate=False):
+            counterpart = new_modules.get(name)
+            if counterpart is not None and type(counterpart) is type(module):
+                module.training = bool(counterpart.training)
+                self.mapping[id(counterpart)] = module
+        new_tensors = dict(decoded.named_parameters(remove_duplicate=False))
+        new_tensors.update(decoded.named_buffers(remove_duplicate=False))
+        olds = dict(original.named_parameters(remove_duplicate=False))
+        olds.update(original.named_buffers(remove_duplicate=False))
+        for name, old in olds.items():
+            new = new_tensors.get(name)
+            if new is not None:
+                self._tensor(old, new, grads.get(name) if name in olds else None)
+
+    def _module_state(self, original, decoded: dict) -> None:
+        """A module of a class the grader does not rebuild: its tensors and modes by name."""
+        import torch
+
+        tensors = decoded.get("tensors") if isinstance(decoded.get("tensors"), dict) else {}
+        olds = dict(original.named_parameters(remove_duplicate=False))
+        olds.update(original.named_buffers(remove_duplicate=False))
+        for name, old in olds.items():
+            new = tensors.get(name)
+            if _marker(new) == "tensor":
+                new, grad = new.get("value"), new.get("grad")
+            else:
+                grad = None
+            if isinstance(new, torch.Tensor):
+                self._tensor(old, new, grad)
+        modes = decoded.get("training") if isinstance(decoded.get("training"), dict) else {}
+        for name, module in original.named_modules():
+            if name in modes:
+                module.training = bool(modes[name])
+
+    # the result
+    def receive(self, value: Any, depth: int = 0) -> Any:
+        """``value`` with markers rebuilt and the arguments' counterparts replaced."""
+        import torch
+
+        if id(value) in self.mapping:
+            return self.mapping[id(value)]
+        if depth > agent.MAX_DEPTH:
+            return Unreadable("object", "...", "nested too deeply")
+        kind = _marker(value)
+        if kind == "tensor":
+            tensor = self.receive(value.get("value"), depth + 1)
+            grad = value.get("grad")
+            if (
+                isinstance(tensor, torch.Tensor)
+                and isinstance(grad, torch.Tensor)
+                and (tensor.is_leaf and tensor.grad is None)
+            ):
+                with contextlib.suppress(RuntimeError):
+                    tensor.grad = grad
+            return tensor
+        if kind == "module":
+            module = self.receive(value.get("module"), depth + 1)
+            if isinstance(module, torch.nn.Module) and id(value.get("module")) not in self.mapping:
+                parameters = dict(module.named_parameters(remove_duplicate=False))
+                for name, grad in (value.get("grads") or {}).items():
+                    if name in parameters and isinstance(grad, torch.Tensor):
+                        with contextlib.suppress(RuntimeError):
+                            parameters[name].grad = grad
+            return module
+        if kind == "differentiable":
+            return self._differentiable(value, depth)
+        if kind == "module_state":
+            return Unreadable(
+                str(value.get("type"))[:200],
+                "a module",
+                "a module of a class defined outside torch and npfl_lib",
+            )
+        if kind == "generator":
+            generator = torch.Generator(device=str(value.get("device", "cpu")))
+            with contextlib.suppress(Exception):
+                generator.set_state(value["state"])
+            return generator
+        if kind == "numpy":
+            import numpy
+
+            array = value["array"].numpy() if isinstance(value.get("array"), torch.Tensor) else 0
+            return array[()] if value.get("scalar") else numpy.asarray(array)
+        if kind == "set":
+            items = [self.receive(v, depth + 1) for v in value.get("items", [])]
+            with contextlib.suppress(TypeError):
+                return frozenset(items) if value.get("frozen") else set(items)
+            return Unreadable("set", repr(items)[:300], "unhashable items")
+        if kind == "optimizer":
+            return self._optimizer(value, depth)
+        if kind == "opaque":
+            return Unreadable(
+                str(value.get("type"))[:200],
+                str(value.get("repr"))[:300],
+                str(value.get("why", ""))[:200],
+            )
+        if type(value) is list:
+            return [self.receive(v, depth + 1) for v in value]
+        if type(value) is tuple:
+            return tuple(self.receive(v, depth + 1) for v in value)
+        if type(value) is dict:
+            return {
+                self.receive(k, depth + 1): self.receive(v, depth + 1) for k, v in value.items()
+            }
+        return value
+
+    def _differentiable(self, value: dict, depth: int) -> Any:
+        """The student's scalar, whose backward() gives the test's tensors the gradients
+        the kernel computed (first order; see agent._Packer.differentiable)."""
+        import torch
+
+        result = value.get("value")
+        pairs = [
+            (self.mapping.get(id(leaf)), grad)
+            for leaf, grad in zip(value.get("leaves") or [], value.get("grads") or [], strict=False)
+        ]
+        pairs = [
+            (leaf, grad)
+            for leaf, grad in pairs
+            if isinstance(leaf, torch.Tensor)
+            and leaf.requires_grad
+            and isinstance(grad, torch.Tensor)
+        ]
+        if not isinstance(result, torch.Tensor) or not pairs:
+            return result
+        return _Gradients.apply(result, [g for _, g in pairs], *[leaf for leaf, _ in pairs])
+
+    def _optimizer(self, value: dict, depth: int) -> Any:
+        allowed_globals()
+        cls = _optimizers.get(str(value.get("class")))
+        if cls is None:
+            return Unreadable(str(value.get("class"))[:200], "an optimizer", "an unknown class")
+        groups = []
+        for group in value.get("param_groups") or []:
+            groups.append({k: self.receive(v, depth + 1) for k, v in group.items()})
+        state = collections.defaultdict(dict)
+        for param, entry in value.get("state") or []:
+            state[self.receive(param, depth + 1)] = self.receive(entry, depth + 1)
+        optimizer = cls.__new__(cls)
+        try:
+            optimizer.__setstate__(
+                {
+                    "defaults": self.receive(value.get("defaults"), depth + 1),
+                    "state": state,
+                    "param_groups": groups,
+                }
+            )
+        except Exception as exc:  # noqa: BLE001 - a broken optimizer from the kernel
+            return Unreadable(cls.__qualname__, "an optimizer", _first_line(exc))
+        return optimizer
+
+
+_MISSING = object()
+
+
+def _gradients_function() -> type:
+    import torch
+
+    class Gradients(torch.autograd.Function):
+        """value, with backward() giving each leaf ``upstream * its gradient``."""
+
+        @staticmethod
+        def forward(ctx, value, grads, *leaves):
+            ctx.grads = grads
+            return value.clone()
+
+        @staticmethod
+        def backward(ctx, upstream):
+            return (None, None, *[(upstream * g).to(g.dtype) for g in ctx.grads])
+
+    return Gradients
+
+
+class _LazyGradients:
+    function: Any = None
+
+    def apply(self, *args):
+        if self.function is None:
+            self.function = _gradients_function()
+        return self.function.apply(*args)
+
+
+_Gradients = _LazyGradients()
+
+
+# -- to the kernel: pickles made here --------------------------------------------------
+
+
+class _RequestPickler(pickle.Pickler):
+    """Pickles a call's arguments; the student's and the test's own functions and
+    classes travel by name (the kernel has the same setup), tensors with their gradients."""
+
+    def __init__(self, file, namespace: dict) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.namespace = namespace
+
+    def reducer_override(self, obj):  # noqa: C901 - one branch per kind
+        import torch
+
+        if isinstance(obj, Proxy):
+            return (agent.lookup, (obj.__name__,))
+        if isinstance(obj, (types.FunctionType, type)) and (
+            getattr(obj, "__globals__", None) is self.namespace
+            or getattr(obj, "__module__", None) == "__main__"
+        ):
+            return (agent.lookup, (obj.__name__,))
+        if isinstance(obj, torch.Tensor) and (
+            obj.grad is not None if obj.is_leaf else obj.requires_grad
+        ):
+            parameter = isinstance(obj, torch.nn.Parameter)
+            grad = obj.grad if obj.is_leaf else None
+            return (agent.with_grad, (obj.detach(), obj.requires_grad, parameter, grad))
+        return NotImplemented
+
+
+def encode_request(message: dict, namespace: dict) -> str:
+    buffer = io.BytesIO()
+    _RequestPickler(buffer, namespace).dump(message)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _materialized(value: Any) -> Any:
+    """Generators and iterators of the test (``model.parameters()``) as lists."""
+    if isinstance(value, (types.GeneratorType, map, filter, zip)):
+        return list(value)
+    return value
+
+
+# -- errors ----------------------------------------------------------------------------
+
+_NOT_RAISED_AS_IS = (SystemExit, KeyboardInterrupt, GeneratorExit)
+
+
+def remote_exception(error: dict) -> BaseException:
+    """The kernel's error as an exception here: builtin, torch and npfl_lib classes as
+    themselves, others as a :class:`StudentError` subclass of the same name."""
+    module, name = str(error.get("module", ""))[:200], str(error.get("name", "Error"))[:200]
+    message = str(error.get("message", ""))
+    cls: Any = None
+    if module == "builtins":
+        cls = getattr(builtins, name, None)
+    elif module.split(".")[0] in ("torch", "npfl_lib") and module in sys.modules:
+        cls = sys.modules[module]
+        for part in name.split("."):
+            cls = getattr(cls, part, None)
+    exc: BaseException | None = None
+    if (
+        isinstance(cls, type)
+        and issubclass(cls, Exception)
+        and not issubclass(cls, _NOT_RAISED_AS_IS)
+    ):
+        with contextlib.suppress(Exception):
+            exc = cls(message)
+    if exc is None:
+        shown = name.rsplit(".", 1)[-1] or "Error"
+        exc = type(shown, (StudentError,), {"__module__": module or "builtins"})(message)
+    traceback_lines = error.get("traceback")
+    exc.student_traceback = (
+        [str(line) for line in traceback_lines][:60] if isinstance(traceback_lines, list) else []
+    )
+    return exc
+
+
+# -- the calls -------------------------------------------------------------------------
+
+
+class KernelCalls:
+    """Calls into the student's kernel, with a blocking client of the worker's.
+
+    Args:
+        connection (dict): The kernel's connection info.
+        emit (callable): Gets each output message of a call (stream, display, error), to
+            show in the running test cell.
+        kernel_pid (callable): The kernel's PID now (None once dead).
+        before_interrupt, after_interrupt (callable): The driver's care for a kernel
+            stopped mid-call (processes the call left behind).
+    """
+
+    def __init__(
+        self,
+        connection: dict,
+        emit: Callable[[dict], None],
+        kernel_pid: Callable[[], int | None],
+        before_interrupt: Callable[[], None] = lambda: None,
+        after_interrupt: Callable[[], None] = lambda: None,
+    ) -> None:
+        from jupyter_client.blocking.client import BlockingKernelClient
+
+        self.client = BlockingKernelClient()
+        self.client.load_connection_info(connection)
+        self.client.start_channels()
+        self.client.wait_for_ready(timeout=60)
+        self.emit, self.kernel_pid = emit, kernel_pid
+        self.before_interrupt, self.after_interrupt = before_interrupt, after_interrupt
+        self.namespace: dict = {}
+        self.deadline = float("inf")
+        self.dead: str | None = None
+        self.calls = 0
+        self.seconds = 0.0
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.stop_channels()
+
+    # one request
+    def _execute(self, code: str, expressions: dict, silent: bool) -> dict:
+        """Runs ``code`` in the kernel; its outputs go to ``emit``; the reply's content."""
+        if self.dead:
+            raise DeadKernelError(f"the kernel died earlier: {self.dead}")
+        self._drain()
+        msg_id = self.client.execute(
+            code,
+            silent=silent,
+            store_history=False,
+            user_expressions=expressions,
+            allow_stdin=False,
+            stop_on_error=False,
+        )
+        try:
+            return self._wait(msg_id)
+        except BaseException:
+            self._stop(msg_id)
+            raise
+
+    def _drain(self) -> None:
+        """Drops what the kernel published since the last call (the student's cells'
+        outputs, which the driver keeps): a full queue would drop this call's messages."""
+        import zmq
+
+        for channel in (self.client.iopub_channel, self.client.shell_channel):
+            socket = getattr(channel, "socket", None)
+            while socket is not None:
+                try:
+                    socket.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+
+    def _wait(self, msg_id: str) -> dict:
+        reply, idle, checked = None, False, time.monotonic()
+        while reply is None or not idle:
+            now = time.monotonic()
+            if now > self.deadline:
+                raise CellTimeoutError(self.timeout_message)
+            if now - checked > 0.5:
+                checked = now
+                self._check_alive()
+            with contextlib.suppress(queue.Empty):
+                msg = self.client.get_iopub_msg(timeout=0.02 if reply is None else 0.2)
+                if msg["parent_header"].get("msg_id") == msg_id:
+                    kind = msg["msg_type"]
+                    if kind == "status" and msg["content"].get("execution_state") == "idle":
+                        idle = True
+                    elif kind in OUTPUT_TYPES:
+                        self.emit(msg)
+            if reply is None:
+                with contextlib.suppress(queue.Empty):
+                    msg = self.client.get_shell_msg(timeout=0)
+                    if msg["parent_header"].get("msg_id") == msg_id:
+                        reply = msg["content"]
+            elif not idle and time.monotonic() - now > DRAIN_SECONDS:
+                break  # the reply came; its last outputs did not: do not wait forever
+        return reply
+
+    timeout_message = "the cell did not finish within its time limit"
+
+    def _check_alive(self) -> None:
+        pid = self.kernel_pid()
+        if pid is None:
+            self.dead = "it stopped answering"
+            raise DeadKernelError(f"the kernel died: {self.dead}")
+
+    def _stop(self, msg_id: str) -> None:
+        """After an error while waiting (a time limit): interrupts the kernel until the
+        call has stopped; a kernel that does not stop within DRAIN_SECONDS is killed."""
+        pid = self.kernel_pid()
+        if pid is None or self.dead:
+            return
+        self.before_interrupt()
+        end = time.monotonic() + DRAIN_SECONDS
+        while time.monotonic() < end:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGINT)
+            try:
+                msg = self.client.get_shell_msg(timeout=0.2)
+            except queue.Empty:
+                if self.kernel_pid() is None:
+                    self.dead = "it died while the call was interrupted"
+                    return
+                continue
+            if msg["parent_header"].get("msg_id") == msg_id:
+                self.after_interrupt()
+                return
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+        self.dead = "it ignored the interrupt after the time limit and was killed"
+
+    # the operations
+    def describe(self, names: list[str]) -> dict[str, str]:
+        """``{name: "callable" | "value"}`` for those of ``names`` the student bound."""
+        content = self._execute("", {"names": f"{AGENT}.describe({sorted(names)!r})"}, True)
+        answer = (content.get("user_expressions") or {}).get("names", {})
+        try:
+            found = json.loads(answer.get("data", {}).get("text/plain", ""))
+        except (ValueError, TypeError):
+            return {}
+        if not isinstance(found, dict):
+            return {}
+        return {k: v for k, v in found.items() if k in names and v in ("callable", "value")}
+
+    def call(self, name: str, args: tuple, kwargs: dict, op: str = "call") -> Any:
+        """``name(*args, **kwargs)`` in the kernel (``op="get"``: the value of ``name``)."""
+        from npfl_lib.grading import active_forbidden
+
+        start = time.monotonic()
+        args = tuple(_materialized(a) for a in args)
+        kwargs = {k: _materialized(v) for k, v in kwargs.items()}
+        message = {
+            "op": op,
+            "name": name,
+            "args": args,
+            "kwargs": kwargs,
+            "ambient": agent.ambient(),
+            "forbidden": active_forbidden(),
+        }
+        try:
+            request = encode_request(message, self.namespace)
+        except Exception as exc:  # noqa: BLE001 - the test passed what cannot travel
+            raise TypeError(
+                f"the grader cannot pass the arguments of {name}() to the student's kernel: {exc}"
+            ) from None
+        try:
+            content = self._execute(
+                f"{AGENT}.call({request!r})", {"reply": f"{AGENT}.reply()"}, False
+            )
+        finally:
+            self.calls += 1
+            self.seconds += time.monotonic() - start
+        text = ((content.get("user_expressions") or {}).get("reply") or {}).get("data", {})
+        try:
+            reply = decode(text.get("text/plain", "") if isinstance(text, dict) else "")
+        except ValueError as exc:
+            if content.get("status") == "error":
+                raise remote_exception(
+                    {
+                        "module": "builtins",
+                        "name": str(content.get("ename")),
+                        "message": str(content.get("evalue")),
+                        "traceback": content.get("traceback"),
+                    }
+                ) from None
+            raise TypeError(f"{name}(): {exc}") from None
+        with contextlib.suppress(Exception):
+            agent.set_ambient(reply["ambient"])
+        receiver = Receiver()
+        if isinstance(reply.get("args"), list):
+            receiver.sync(list(args), reply["args"])
+        if isinstance(reply.get("kwargs"), dict):
+            receiver.sync(dict(kwargs), reply["kwargs"])
+        outcome = reply["outcome"]
+        if not outcome.get("ok"):
+            error = outcome.get("error") if isinstance(outcome.get("error"), dict) else {}
+            raise remote_exception(error)
+        return receiver.receive(outcome.get("value"))
+
+
+# -- the test cells ----------------------------------------------------------------------
+
+
+def bound_and_read(source: str) -> tuple[set[str], set[str]] | None:
+    """Names a cell binds at its top level and names it reads anywhere, None if it does
+    not parse (a name assigned inside a function, even ``global``, is not bound here)."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return None
+    bound: set[str] = set()
+    pending: list[ast.AST] = list(tree.body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+            pending.extend(node.decorator_list)
+            continue
+        if isinstance(node, ast.Lambda):
+            continue
+        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            bound.add(node.id)
+        elif isinstance(node, ast.alias):
+            bound.add((node.asname or node.name).split(".")[0])
+        pending.extend(ast.iter_child_nodes(node))
+    read = {
+        node.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)
+    }
+    return bound, read
+
+
+def _message(kind: str, content: dict) -> dict:
+    """An output of the test cell's own, as a kernel message (the driver bounds both)."""
+    return {
+        "msg_type": kind,
+        "header": {"msg_type": kind},
+        "parent_header": {},
+        "metadata": {},
+        "content": content,
+    }
+
+
+class _CellStream(io.TextIOBase):
+    """sys.stdout or sys.stderr of a test cell: text becomes stream outputs."""
+
+    def __init__(self, name: str, emit: Callable[[dict], None]) -> None:
+        self.name, self.emit = name, emit
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if text:
+            self.emit(_message("stream", {"name": self.name, "text": str(text)}))
+        return len(text)
+
+
+class TrustedCells:
+    """Runs test cells (and the setup they need) here, the student's names as proxies."""
+
+    def __init__(self, calls: KernelCalls) -> None:
+        self.calls = calls
+        self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
+        calls.namespace = self.namespace
+        self.own: set[str] = set()  # names bound by the cells run here
+        self.student: dict[str, Any] = {}  # what the student's names are bound to here
+
+    def _refresh(self, names: set[str]) -> None:
+        """Binds the student's names (those not bound by cells run here)."""
+        wanted = names - self.own
+        kinds = self.calls.describe(sorted(wanted)) if wanted else {}
+        for name in wanted:
+            kind = kinds.get(name)
+            current = self.student.get(name)
+            if kind is None:
+                if name in self.student:
+                    del self.student[name]
+                    if self.namespace.get(name) is current:
+                        del self.namespace[name]
+                continue
+            if kind == "callable":
+                value = current if isinstance(current, Proxy) else Proxy(self.calls, name)
+            else:
+                try:
+                    value = self.calls.call(name, (), {}, op="get")
+                except Exception as exc:  # noqa: BLE001 - shown when the test uses it
+                    value = Unreadable("value", name, _first_line(exc))
+            self.student[name] = value
+            self.namespace[name] = value
+
+    def _student_side(self) -> None:
+        """Helpers marked :func:`npfl_lib.grading.student_side` run in the kernel."""
+        for name, value in list(self.namespace.items()):
+            if isinstance(value, types.FunctionType) and getattr(
+                value, "__npfl_student_side__", False
+            ):
+                self.namespace[name] = Proxy(self.calls, name)
+
+    def run(
+        self,
+        index: int,
+        source: str,
+        student_names: set[str],
+        emit: Callable[[dict], None],
+        deadline: float,
+    ) -> dict | None:
+        """Runs one cell's ``source`` here; returns its error output, or None."""
+        parsed = bound_and_read(source)
+        self.calls.deadline = deadline
+        self.calls.emit = emit
+        old_out, old_err = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _CellStream("stdout", emit), _CellStream("stderr", emit)
+        try:
+            if parsed is not None:
+                self._refresh(student_names)
+            code, last = _compiled(source, CELL_FILENAME.format(index=index))
+            exec(code, self.namespace)  # noqa: S102 - the instructor's test cell
+            self._student_side()
+            if last is not None:
+                value = eval(last, self.namespace)  # noqa: S307 - the instructor's code
+                if value is not None:
+                    emit(
+                        _message(
+                            "execute_result",
+                            {
+                                "data": {"text/plain": repr(value)},
+                                "metadata": {},
+                                "execution_count": None,
+                            },
+                        )
+                    )
+        except BaseException as exc:  # noqa: BLE001 - the cell's error is its output
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            return _error_output(exc)
+        finally:
+            sys.stdout, sys.stderr = old_out, old_err
+            self.calls.deadline = float("inf")
+            if parsed is not None:
+                self.own |= parsed[0]
+        return None
+
+
+def _compiled(source: str, filename: str) -> tuple[types.CodeType, types.CodeType | None]:
+    """The cell's code, and its last statement apart when it is an expression (shown as
+    the cell's result, as IPython does)."""
+    tree = ast.parse(source, filename)
+    last = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        last = compile(ast.Expression(tree.body.pop().value), filename, "eval")
+    return compile(tree, filename, "exec"), last
+
+
+_OUR_FILES = (__file__, agent.__file__)
+_MACHINERY = ("jupyter_client", "jupyter_core", "zmq", "concurrent", "asyncio", "threading.py")
+
+
+def _machinery(filename: str) -> bool:
+    """Frames of the calls' plumbing, left out of a test cell's traceback."""
+    if filename in _OUR_FILES:
+        return True
+    parts = filename.replace("\\", "/").split("/")
+    return any(part in _MACHINERY for part in parts)
+
+
+def _error_output(exc: BaseException) -> dict:
+    """An exception as Jupyter shows it: name, message, the test cell's traceback, and the
+    student's kernel's traceback when the error came from there."""
+    name = "CellTimeoutError" if isinstance(exc, CellTimeoutError) else type(exc).__name__
+    frames = [
+        frame for frame in traceback.extract_tb(exc.__traceback__) if not _machinery(frame.filename)
+    ]
+    lines = ["Traceback (most recent call last):"] if frames else []
+    lines += [line.rstrip("\n") for line in traceback.format_list(frames)]
+    lines += [line.rstrip("\n") for line in traceback.format_exception_only(type(exc), exc)]
+    student = getattr(exc, "student_traceback", None)
+    if student:
+        lines.append("In the student's code (the call ran in the notebook's kernel):")
+        lines.extend(student)
+    try:
+        message = str(exc)
+    except Exception:  # noqa: BLE001
+        message = ""
+    return {"output_type": "error", "ename": name, "evalue": message, "traceback": lines}
