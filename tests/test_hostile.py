@@ -138,6 +138,9 @@ FORGE_A_PASS = textwrap.dedent("""
 """)
 
 
+TRANSFORM_CELL = "type(get_ipython()).transform_cell = lambda self, cell: 'pass\\n'"
+
+
 def _insert_after(notebook, grade_id: str, code: str):
     notebook = copy.deepcopy(notebook)
     index = next(i for i, c in enumerate(notebook.cells) if _id(c) == grade_id)
@@ -254,6 +257,10 @@ def _submissions(course_dir: Path, port: int, outside: Path) -> dict[str, object
         "fill_the_disk": _insert_after(full, "mul", FILL_THE_DISK),
         "deep_tree": _insert_after(full, "mul", DEEP_TREE),
         "terminal_escapes": with_mul(f"raise ValueError({ESCAPES!r})"),
+        # Issue 12: the shell's class patched so that every later cell runs as `pass`
+        # (the tests too, when they ran in the kernel: full marks for the release).
+        "release_patches_the_shells_class": _insert_after(release, "setup", TRANSFORM_CELL),
+        "wrong_mul_patches_the_shells_class": _insert_after(wrong, "setup", TRANSFORM_CELL),
         "forged_pass": _insert_after(wrong, "mul", FORGE_A_PASS),
         "forged_pass_after_a_full_solution": _insert_after(full, "mul", FORGE_A_PASS),
     }
@@ -293,6 +300,8 @@ EXPECTED = {
     },  # fmt: skip
     "deep_tree": {},
     "terminal_escapes": {"test_mul": "ValueError"},
+    "release_patches_the_shells_class": {t: "is not defined" for t in POINTS},
+    "wrong_mul_patches_the_shells_class": {t: "is not defined" for t in POINTS},
     "forged_pass": {"test_mul": DEAD, "test_square": DEAD},
     "forged_pass_after_a_full_solution": {"test_mul": DEAD, "test_square": DEAD},
 }

@@ -1,0 +1,254 @@
+"""The test cells run in the worker, out of the student's kernel (issue 12).
+
+The worker is run directly on small notebooks (as ``test_autograde`` does), once as
+``npfl-course autograde`` runs it (test cells in the worker, the student's names as
+proxies) and, where an attack is checked, once with ``--tests-in-kernel`` (test cells in
+the student's kernel, as nbgrader runs them): there the attack must succeed, which shows
+that the test would catch it. The attacks graded by ``npfl-course autograde`` in a batch
+with honest submissions are in ``test_hostile``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import textwrap
+
+import nbformat
+import pytest
+from tiny_course import source_cell, tiny_source
+
+from npfl_course.autograde.merge import MAX_EXECUTED_BYTES
+from npfl_course.worker import ResultChannel, worker_command
+
+pytestmark = pytest.mark.slow
+
+TRANSFORM_CELL = "type(get_ipython()).transform_cell = lambda self, cell: 'pass\\n'"
+# Looks for a hidden test's text (built at run time, so that this cell's own source does
+# not hold it) and for the setup cell's text (which the kernel ran: the search works) in
+# the kernel's objects, the files it can read and other processes' command lines.
+SEARCH = textwrap.dedent("""
+    import gc, os
+    wanted = {"hidden": "mul(0, 5) " + "== 0", "setup": "from npfl_lib.grading " + "import"}
+    places = {key: set() for key in wanted}
+    def look(text, where):
+        for key, value in wanted.items():
+            if value in text:
+                places[key].add(where)
+    for obj in gc.get_objects():
+        if obj is wanted:
+            continue
+        try:
+            items = obj.values() if isinstance(obj, dict) else obj
+            items = items if isinstance(obj, (dict, list, tuple)) else ()
+            for item in items:
+                if isinstance(item, str):
+                    look(item, "memory")
+        except Exception:
+            pass
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        for name in ("cmdline", "environ"):
+            try:
+                look(open(f"/proc/{pid}/{name}", "rb").read(10**6).decode("latin-1"), name)
+            except OSError:
+                pass
+    for root, _, files in os.walk(os.getcwd()):
+        for name in files:
+            try:
+                look(open(os.path.join(root, name), "rb").read(10**7).decode("latin-1"), name)
+            except OSError:
+                pass
+    print("FOUND", sorted(places["hidden"]), "CONTROL", sorted(places["setup"]))
+""")
+
+
+def _tiny(kind: str = "full", insert: str | None = None, after: str = "setup"):
+    """The tiny assignment as the worker gets it (hidden tests included): ``full``,
+    ``wrong`` (mul adds) or ``release`` (every answer raises), with a cell inserted."""
+    notebook = tiny_source()
+    for cell in notebook.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if meta.get("solution") and kind == "release":
+            cell.source = cell.source.split("### BEGIN SOLUTION")[0] + "raise NotImplementedError()"
+        if meta.get("grade_id") == "mul" and kind == "wrong":
+            cell.source = "def mul(a, b):\n    return a + b"
+    if insert is not None:
+        index = next(i for i, c in enumerate(notebook.cells)
+                     if c.metadata.get("nbgrader", {}).get("grade_id") == after)  # fmt: skip
+        notebook.cells.insert(index + 1, nbformat.v4.new_code_cell(insert))
+    return notebook
+
+
+def _run(tmp_path, notebook, in_kernel: bool = False, cell_seconds: float = 10) -> dict:
+    folder = tmp_path / ("in-kernel" if in_kernel else "split")
+    folder.mkdir(exist_ok=True)
+    nbformat.write(notebook, folder / "in.ipynb")
+    with ResultChannel() as channel:
+        command = worker_command("in.ipynb", channel, cell_seconds, 4096)
+        command += ["--tests-in-kernel"] if in_kernel else []
+        subprocess.run(command, cwd=folder, check=True, timeout=180, pass_fds=channel.fds,
+                       env={**os.environ}, stderr=subprocess.DEVNULL)  # fmt: skip
+        return json.loads(channel.read(MAX_EXECUTED_BYTES))
+
+
+def _passed(executed: dict) -> dict[str, bool]:
+    """Test cell -> passed (no error output), as nbgrader scores it."""
+    return {cell["metadata"]["nbgrader"]["grade_id"]:
+            not any(o["output_type"] == "error" for o in cell["outputs"])
+            for cell in executed["cells"]
+            if cell["metadata"].get("nbgrader", {}).get("grade")}  # fmt: skip
+
+
+def _text(cell: dict) -> str:
+    return "".join(o.get("text", "") for o in cell["outputs"])
+
+
+@pytest.mark.parametrize("kind", ["release", "wrong"])
+def test_patching_the_shells_class_no_longer_passes_the_tests(tmp_path, kind):
+    notebook = _tiny(kind, TRANSFORM_CELL, after="setup")
+    assert all(_passed(_run(tmp_path, notebook, in_kernel=True)).values())  # the attack works
+    assert not any(_passed(_run(tmp_path, notebook)).values())
+
+
+def test_the_hidden_tests_cannot_be_read_from_a_student_cell(tmp_path):
+    notebook = _tiny("full", SEARCH, after="test_square")
+    marker = SEARCH.splitlines()[2]
+    results = {}
+    for in_kernel in (True, False):
+        executed = _run(tmp_path, notebook, in_kernel)
+        cell = next(c for c in executed["cells"] if c["source"].startswith("\nimport gc") or
+                    marker in c["source"])  # fmt: skip
+        results[in_kernel] = _text(cell)
+    assert "FOUND ['memory']" in results[True], results[True]  # in one process: readable
+    assert "FOUND [] CONTROL ['memory']" in results[False], results[False]
+
+
+def test_honest_and_partial_answers_keep_their_scores(tmp_path):
+    assert _passed(_run(tmp_path, _tiny("full"))) == dict.fromkeys(
+        ("test_add", "test_mul", "test_square"), True)  # fmt: skip
+    assert _passed(_run(tmp_path, _tiny("wrong"))) == {
+        "test_add": True, "test_mul": False, "test_square": True}  # fmt: skip
+    assert not any(_passed(_run(tmp_path, _tiny("release"))).values())
+
+
+# -- what the proxies carry --------------------------------------------------------
+
+STUDENT = textwrap.dedent("""
+    import torch
+
+    def fill_(tensor, value, generator=None):
+        print("filling", tuple(tensor.shape))
+        with torch.no_grad():
+            tensor.copy_(torch.rand(tensor.shape, generator=generator) * 0 + value)
+        return tensor
+
+    def clip_(parameters, limit):
+        for p in parameters:
+            if p.grad is not None:
+                p.grad.clamp_(-limit, limit)
+
+    def penalty(module):
+        return sum((p ** 2).sum() for p in module.parameters() if p.dim() >= 2) / 2
+
+    def groups(module):
+        return [{"params": [p for p in module.parameters() if p.dim() >= 2]},
+                {"params": [p for p in module.parameters() if p.dim() < 2]}]
+
+    def build():
+        model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1))
+        return model, torch.optim.AdamW(model.parameters(), lr=0.5), {"epochs": [1, 2]}
+
+    def noise(n):
+        return torch.randn(n)
+
+    def fails(x):
+        import warnings
+        warnings.warn("careful")
+        raise ValueError(f"bad {x}")
+
+    def spins():
+        import signal
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        while True:
+            pass
+
+    class Secret:
+        pass
+
+    def secret():
+        return Secret()
+
+    RATE = 0.25
+""")
+TESTS = textwrap.dedent("""
+    weight = torch.nn.Parameter(torch.zeros(2, 3))
+    g = torch.Generator().manual_seed(0)
+    returned = fill_(weight, 1.5, generator=g)
+    assert returned is weight and weight.requires_grad and bool((weight == 1.5).all())
+    assert g.get_state().equal(torch.Generator().manual_seed(0).get_state()) is False
+
+    a, b = torch.zeros(2, requires_grad=True), torch.zeros(3, requires_grad=True)
+    a.grad, b.grad = torch.tensor([3.0, -3.0]), None
+    clip_([a, b], 1.0)
+    assert a.grad.tolist() == [1.0, -1.0] and b.grad is None
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Tanh(), torch.nn.Linear(2, 1))
+    value = penalty(model)
+    assert value.requires_grad
+    value.backward()
+    assert torch.allclose(model[0].weight.grad, model[0].weight) and model[0].bias.grad is None
+
+    decayed, other = groups(model)
+    assert decayed["params"][0] is model[0].weight and other["params"][1] is model[2].bias
+
+    net, optimizer, logs = build()
+    assert isinstance(net, torch.nn.Sequential) and isinstance(optimizer, torch.optim.AdamW)
+    assert optimizer.param_groups[0]["params"][0] is net[0].weight and logs == {"epochs": [1, 2]}
+    before = net[0].weight.detach().clone()
+    net(torch.ones(4, 2)).sum().backward()
+    optimizer.step()
+    assert not torch.equal(before, net[0].weight)
+
+    torch.manual_seed(3)
+    first = noise(4)
+    torch.manual_seed(3)
+    assert torch.equal(first, noise(4))
+    torch.manual_seed(3)
+    assert torch.equal(first, torch.randn(4))
+    torch.set_default_dtype(torch.float64)
+    assert noise(2).dtype == torch.float64
+    torch.set_default_dtype(torch.float32)
+
+    try:
+        fails(7)
+    except ValueError as error:
+        assert str(error) == "bad 7"
+    else:
+        raise AssertionError("no error")
+    assert RATE == 0.25
+    print("secret:", repr(secret()))
+    print("ALL GOOD")
+""")
+
+
+def test_calls_carry_arguments_results_state_and_errors(tmp_path):
+    notebook = tiny_source()
+    notebook.cells = [
+        source_cell("readonly", "setup", "import torch\nfrom npfl_lib.grading import time_limit"),
+        source_cell("solution", "answers", STUDENT),
+        source_cell("test", "test_calls", TESTS, 1),
+        source_cell("test", "test_time", "with time_limit(1):\n    spins()", 1),
+        source_cell("test", "test_after", "fill_(torch.zeros(1), 2.0)\nprint('alive')", 1),
+    ]
+    executed = _run(tmp_path, notebook, cell_seconds=20)
+    calls, timed, after = executed["cells"][2:]
+    text = _text(calls)
+    assert not [o for o in calls["outputs"] if o["output_type"] == "error"], calls["outputs"]
+    assert "filling (2, 3)" in text and "ALL GOOD" in text  # the student's prints, in order
+    assert text.index("filling (2, 3)") < text.index("ALL GOOD")
+    assert "careful" in text  # the student's warning
+    assert "Secret object from the student's kernel" in text
+    # The student's loop cancelled its own timer: the grader's limit stops it from outside.
+    assert [o["ename"] for o in timed["outputs"] if o["output_type"] == "error"] == ["TimeoutError"]
+    assert "alive" in _text(after) and "filling (1,)" in _text(after)
