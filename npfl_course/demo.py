@@ -32,7 +32,7 @@ DEFAULT_ASSIGNMENT = "regularization"  # the fastest to grade of this course's a
 HOSTILE = {
     "mallory_loop": "while True:\n    pass",
     "trudy_exit": "import os\nos._exit(0)",
-    "eve_tamper": (
+    "eve_tamper": (  # with the untouched release: 0, as bob
         "import sys, types, contextlib\n"
         "fake = types.ModuleType('npfl_lib.grading')\n"
         "fake.check_close = lambda *args, **kwargs: None\n"
@@ -62,7 +62,8 @@ def _downloads(course: Course, assignment: str, folder: Path) -> list[str]:
             notebooks[f"{student}_wrong"] = check.make_submission(release, source, replace)
     notebooks.update(similarity.demo_submissions(release, source, assignment))
     for student, code in HOSTILE.items():
-        notebook = copy.deepcopy(notebooks["alice_full"])
+        base = "bob_untouched" if student == "eve_tamper" else "alice_full"
+        notebook = copy.deepcopy(notebooks[base])
         first = next(i for i, c in enumerate(notebook.cells) if check.cell_kind(c) == "solution")
         notebook.cells.insert(first, nbformat.v4.new_code_cell(code))
         notebooks[student] = notebook
@@ -144,9 +145,10 @@ def _self_check(report) -> list[str]:
     full = outcomes.get("alice")  # full marks on every autograded test
     if full is None or full.score is None or full.lost:
         problems.append(f"the full solution (alice) got {_score(full)}, not full marks")
-    release = outcomes.get("bob")
-    if release is None or release.score != 0:
-        problems.append(f"the untouched release (bob) got {_score(release)}, not 0")
+    for student in ("bob", "eve"):  # eve's release also replaces npfl_lib.grading
+        release = outcomes.get(student)
+        if release is None or release.score != 0:
+            problems.append(f"the untouched release ({student}) got {_score(release)}, not 0")
     for student in ("carol", "dave", "erin"):
         wrong = outcomes.get(student)
         if wrong is not None and (wrong.score is None or not wrong.lost):

@@ -155,7 +155,7 @@ def test_demo_runs_the_whole_job(tmp_path, capsys):
     assert "zip-collect" in output and "failed: 0" in output
     for student in ("alice", "bob", "carol", "eve", "mallory", "oscar", "trudy"):
         assert (course / "autograded" / student / "regularization").is_dir(), student
-    assert "GradingTamperError" in output and "SubmissionError" in output
+    assert "SubmissionError" in output  # eve's tampering: 0 for her release (the self-check)
     assert output.strip().splitlines()[-1].startswith("demo OK: the full solution got full marks")
     assert (course / "reports" / "regularization.png").is_file()
     assert (course / "grades.csv").is_file()

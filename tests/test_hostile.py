@@ -138,6 +138,25 @@ FORGE_A_PASS = textwrap.dedent("""
 """)
 
 
+PATCH_HELPERS = textwrap.dedent("""
+    import signal, torch
+    import npfl_lib.grading as grading
+    real = grading.check_close.__code__
+    def swap(*args):
+        grading.check_close.__code__ = (lambda *a, **k: None).__code__
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    def restore(*args):
+        grading.check_close.__code__ = real
+    get_ipython().events.register("pre_run_cell", swap)
+    get_ipython().events.register("post_run_cell", restore)
+    torch.Tensor.all = lambda *args, **kwargs: torch.tensor(True)
+""")
+REWRITE_CELLS = textwrap.dedent("""
+    import gc
+    for obj in gc.get_objects():
+        if isinstance(obj, dict) and obj.get("cell_type") == "code":
+            obj["source"], obj["outputs"] = "pass", []
+""")
 TRANSFORM_CELL = "type(get_ipython()).transform_cell = lambda self, cell: 'pass\\n'"
 
 
@@ -261,6 +280,14 @@ def _submissions(course_dir: Path, port: int, outside: Path) -> dict[str, object
         # (the tests too, when they ran in the kernel: full marks for the release).
         "release_patches_the_shells_class": _insert_after(release, "setup", TRANSFORM_CELL),
         "wrong_mul_patches_the_shells_class": _insert_after(wrong, "setup", TRANSFORM_CELL),
+        # Callbacks around every cell that swap check_close's code, cancel the timers and
+        # make every tensor comparison true: the kernel's, not the tests'.
+        "wrong_mul_patches_the_tests_helpers": _insert_after(wrong, "setup", PATCH_HELPERS),
+        # Rewrites every test cell it can find in memory (the executor's live cells, when
+        # it ran in the kernel): there are none to find now.
+        "wrong_mul_rewrites_the_test_cells": _insert_after(wrong, "setup", REWRITE_CELLS),
+        # A result that nbgrader would read as the test cell's partial credit (2 of 2).
+        "wrong_mul_shows_a_score": with_mul("import sys\nsys.displayhook(2.0)\nreturn a + b"),
         "forged_pass": _insert_after(wrong, "mul", FORGE_A_PASS),
         "forged_pass_after_a_full_solution": _insert_after(full, "mul", FORGE_A_PASS),
     }
@@ -268,7 +295,6 @@ def _submissions(course_dir: Path, port: int, outside: Path) -> dict[str, object
 
 # student -> {lost test: what its reason must contain}; the other tests keep their points.
 DEAD = "DeadKernelError"
-TAMPER = "GradingTamperError"
 EXPECTED = {
     "honest_full": {},
     "honest_wrong_mul": {"test_mul": "AssertionError"},
@@ -288,9 +314,9 @@ EXPECTED = {
     "not_a_notebook": {t: "SubmissionError" for t in POINTS},
     "no_notebook_at_all": {t: "no tiny.ipynb was submitted (found: homework.pdf)" for t in POINTS},
     "gigantic_output": {},
-    "patch_showtraceback": {"test_mul": TAMPER, "test_square": "showtraceback"},
-    "patch_builtins": {"test_mul": TAMPER, "test_square": "builtins.AssertionError"},
-    "patch_sys_modules": {"test_mul": TAMPER, "test_square": "npfl_lib.grading"},
+    "patch_showtraceback": {"test_mul": "AssertionError"},
+    "patch_builtins": {"test_mul": "AssertionError"},
+    "patch_sys_modules": {"test_mul": "AssertionError"},
     "shadow_grading_modules": {"test_mul": "AssertionError"},
     "read_course_files": {"test_mul": "AssertionError"},
     "write_outside_its_folder": {"test_mul": "AssertionError"},
@@ -302,6 +328,9 @@ EXPECTED = {
     "terminal_escapes": {"test_mul": "ValueError"},
     "release_patches_the_shells_class": {t: "is not defined" for t in POINTS},
     "wrong_mul_patches_the_shells_class": {t: "is not defined" for t in POINTS},
+    "wrong_mul_patches_the_tests_helpers": {"test_mul": "AssertionError"},
+    "wrong_mul_rewrites_the_test_cells": {"test_mul": "AssertionError"},
+    "wrong_mul_shows_a_score": {"test_mul": "AssertionError"},
     "forged_pass": {"test_mul": DEAD, "test_square": DEAD},
     "forged_pass_after_a_full_solution": {"test_mul": DEAD, "test_square": DEAD},
 }
@@ -450,7 +479,7 @@ def test_the_batch_reports_every_submission_once(batch):
     assert len(report.outcomes) == len(EXPECTED)
     assert report.count("failed") == 0
     summary = report.summary()
-    assert "memory limit exceeded" in summary and "GradingTamperError" in summary
+    assert "memory limit exceeded" in summary and "CellTimeoutError" in summary
 
 
 def test_sandbox_is_used_when_available():

@@ -44,7 +44,7 @@ def _escape(match: re.Match) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
-GRADER_ERRORS = {"CellTimeoutError", "DeadKernelError", "GradingTamperError", "OutputError"}
+GRADER_ERRORS = {"CellTimeoutError", "DeadKernelError", "OutputError"}
 # The first cell that failed says why; the others ("not run: ...") point to it.
 FOLLOWING_ERRORS = ("not run", "not read")
 

@@ -6,8 +6,10 @@ notebook under :func:`npfl_course.sandbox.run_sandboxed`. The parts:
 * :mod:`npfl_course.worker.protocol`: what parent and worker agree on (the command line,
   the output notebook's metadata, the exit statuses); the public surface below;
 * :mod:`npfl_course.worker.driver`: the worker itself, nbclient with nbgrader's settings;
-* :mod:`npfl_course.worker.guard`: loaded into the student's kernel, it checks after every
-  cell that the grading environment was left alone.
+* :mod:`npfl_course.worker.trusted`: the test cells, run in the worker, the student's
+  names as proxies; :mod:`npfl_course.worker.agent`: the kernel's end of their calls;
+* :mod:`npfl_course.worker.prepare`: loaded into the student's kernel before its first
+  cell (the course's packages from the installation only, preimported).
 """
 
 from npfl_course.worker.protocol import (

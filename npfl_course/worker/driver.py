@@ -7,9 +7,12 @@ nbclient and a fresh ipykernel, with nbgrader's ``Execute`` settings (each cell 
 not stop the notebook). So a cell prints, displays, plots and fails in the grader as in
 JupyterLab and in stock nbgrader. Besides, and unlike nbgrader:
 
-* before the first cell, the guard (:mod:`npfl_course.worker.guard`) is installed in
-  the kernel, and after every cell it checks that the cell left the grading environment
-  alone; a cell that did not gets a ``GradingTamperError`` and no further cell runs;
+* the test cells (cells with points) run here, in the worker, not in the kernel
+  (:mod:`npfl_course.worker.trusted`), with a copy of the locked cells they read names
+  from; the student's names are proxies whose calls run in the kernel
+  (``--tests-in-kernel``: all cells in the kernel, as nbgrader; for comparisons only);
+* before the first cell the kernel is prepared (:mod:`npfl_course.worker.prepare`: the
+  course's packages from the installation only, preimported);
 * a cell that ignores the interrupt for ``iopub_timeout`` seconds, or kills its kernel
   (``os._exit``, a crash), fails with the reason, and the cells after it are not run
   (nbgrader would abandon the whole submission);
@@ -25,10 +28,10 @@ JupyterLab and in stock nbgrader. Besides, and unlike nbgrader:
 from __future__ import annotations
 
 import argparse
-import ast
 import asyncio
 import contextlib
 import ctypes
+import datetime
 import json
 import math
 import os
@@ -72,14 +75,13 @@ from npfl_course.worker.protocol import (  # noqa: E402
 
 # Per cell, by kind of output; errors from the kernel: room for two (one is usual).
 CELL_CHARS = {"stream": MAX_STREAM_CHARS, "rich": MAX_RICH_CHARS, "error": 2 * MAX_ERROR_CHARS}
-GUARD_SECONDS = 10  # the check takes milliseconds; no answer means the kernel is broken
-GUARD = "__import__('npfl_course.worker.guard', fromlist=['guard'])"
+PREPARE = "__import__('npfl_course.worker.prepare', fromlist=['install'])"
 _MEMORY_WORDS = ("MemoryError", "can't allocate memory", "out of memory", "Cannot allocate memory")
 _DISK_WORDS = ("File too large", "EFBIG")
 
 
 class WorkerError(RuntimeError):
-    """The worker, not the notebook, failed (the kernel or the guard did not start)."""
+    """The worker, not the notebook, failed (the kernel did not start or prepare)."""
 
 
 def _error(ename: str, evalue: str, traceback: list[str] | None = None) -> NotebookNode:
@@ -117,7 +119,8 @@ def _rich_size(content: dict) -> tuple[int, int]:
 
 
 class GradingClient(NotebookClient):
-    """nbclient's executor with nbgrader's ``Execute`` settings, a guard and bounds."""
+    """nbclient's executor with nbgrader's ``Execute`` settings, test cells run here, and
+    bounds."""
 
     def __init__(self, nb: NotebookNode, out: ResultWriter, cell_seconds: float,
                  memory_mb: int | None, disk_mb: int | None = None, split: bool = True,
@@ -315,9 +318,9 @@ class GradingClient(NotebookClient):
         self.save(done=False)
         try:
             async with self.async_setup_kernel(env=kernel_env):
-                reply = await self._silent(f"{GUARD}.install()", timeout=300)
+                reply = await self._silent(f"{PREPARE}.install()", timeout=300)
                 if reply["content"]["status"] != "ok":
-                    raise WorkerError(f"the guard could not be installed: {_reason(reply)}")
+                    raise WorkerError(f"the kernel could not be prepared: {_reason(reply)}")
                 if self.split:
                     self._start_trusted()
                 for index, cell in enumerate(self.nb.cells):
@@ -398,8 +401,16 @@ class GradingClient(NotebookClient):
             if shown:
                 self.process_message(msg, cell, index)
 
-        deadline = time.monotonic() + self.cell_seconds
-        error = self.trusted.run(index, cell.source, self.student_names, emit, deadline)
+        started = _now()
+        error = self.trusted.run(index, cell.source, self.student_names, emit, self.cell_seconds)
+        if shown and self.record_timing:
+            cell.metadata["execution"] = {
+                "iopub.status.busy": started,
+                "iopub.execute_input": started,
+                "shell.execute_reply.started": started,
+                "shell.execute_reply": _now(),
+                "iopub.status.idle": _now(),
+            }
         if error is not None:
             if error["ename"] == "CellTimeoutError":
                 error["evalue"] = self._timeout_message()
@@ -446,37 +457,7 @@ class GradingClient(NotebookClient):
         if any(o.get("ename") == "CellTimeoutError" for o in cell.outputs):
             self._after_timeout()
         self._finish_outputs(cell)
-        problem = await self._check(index, cell)
-        if problem is None:
-            return False
-        cell.outputs.append(_error("GradingTamperError", _tamper_message(problem, index)))
-        why = f"the grading environment was modified in cell {index} ({problem})"
-        self._fail_rest(index + 1, why, "GradingTamperError")
-        await self._kill_kernel()
-        return True
-
-    async def _check(self, index: int, cell: NotebookNode) -> str | None:
-        trusted = is_trusted(cell)
-        bound = bound_names(cell.source) if trusted else []
-        names = None if bound is None else sorted(bound)
-        expression = f"{GUARD}.check({index}, {trusted}, {names!r})"
-        try:
-            reply = await self._silent("", {"guard": expression}, timeout=GUARD_SECONDS)
-        except TimeoutError:
-            return f"the grading guard did not answer within {GUARD_SECONDS} s"
-        if not await ensure_async(self.km.is_alive()):
-            return None  # the next cell reports the death
-        answer = reply["content"].get("user_expressions", {}).get("guard", {})
-        if answer.get("status") != "ok":
-            return f"the grading guard could not run ({_reason({'content': answer})})"
-        text = answer.get("data", {}).get("text/plain", "")
-        if text == "None":
-            return None
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = None
-        return value if isinstance(value, str) else f"the grading guard answered {text[:200]!r}"
+        return False
 
     async def _silent(self, code: str, expressions: dict | None = None,
                       timeout: float = 60) -> dict:  # fmt: skip
@@ -586,6 +567,11 @@ def _kill_descendants(keep: set[int | None], below: int | None = None) -> None:
         time.sleep(0.01)
 
 
+def _now() -> str:
+    """A timestamp as nbclient records them in a cell's execution metadata."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
 def _is_test_cell(cell: NotebookNode) -> bool:
     """A cell with points that is not the student's answer: it runs out of the kernel."""
     meta = cell.get("metadata", {}).get("nbgrader", {})
@@ -628,14 +614,6 @@ def _signal_name(number: int) -> str:
         return signal.Signals(number).name
     except ValueError:
         return str(number)
-
-
-def _tamper_message(problem: str, index: int) -> str:
-    return (
-        f"the grading environment was modified in cell {index}: {problem}. Submissions must "
-        "not change the tests, the grading helpers or the libraries they use; the cells "
-        "after this one were not run"
-    )
 
 
 def _kernel_environment() -> dict[str, str]:

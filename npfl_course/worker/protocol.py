@@ -14,7 +14,7 @@ is False when the worker died before the end (then the parent says why: memory, 
 signal, the notebook time limit). OUT is rewritten after every cell, so what ran before
 a crash is kept. The worker
 exits with :data:`EXIT_INTERNAL` when it, not the notebook, failed (the kernel did not
-start, the guard could not be installed): the parent reports an infrastructure failure,
+start or could not be prepared): the parent reports an infrastructure failure,
 never a score.
 
 The worker keeps the outputs in OUT within the bounds below (``MAX_*``), dropping what is

@@ -59,7 +59,7 @@ OUTPUT_TYPES = (
     "update_display_data",
     "clear_output",
     "error",
-    "execute_result",
+    "execute_result",  # turned into a display (see _as_display)
 )
 CELL_FILENAME = "<test cell {index}>"
 
@@ -595,7 +595,12 @@ class KernelCalls:
         try:
             return self._wait(msg_id)
         except BaseException:
-            self._stop(msg_id)
+            # The cell's timer waits until the kernel has stopped (it fires after).
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+            try:
+                self._stop(msg_id)
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})
             raise
 
     def _drain(self) -> None:
@@ -627,7 +632,7 @@ class KernelCalls:
                     if kind == "status" and msg["content"].get("execution_state") == "idle":
                         idle = True
                     elif kind in OUTPUT_TYPES:
-                        self.emit(msg)
+                        self.emit(_as_display(msg))
             if reply is None:
                 with contextlib.suppress(queue.Empty):
                     msg = self.client.get_shell_msg(timeout=0)
@@ -772,6 +777,21 @@ def bound_and_read(source: str) -> tuple[set[str], set[str]] | None:
     return bound, read
 
 
+def _as_display(msg: dict) -> dict:
+    """A call's ``execute_result`` (the student's code called ``sys.displayhook``) as a
+    display: nbgrader reads a test cell's result as its partial credit, which only the
+    test's own last expression may give."""
+    if msg["msg_type"] != "execute_result":
+        return msg
+    content = {k: v for k, v in msg["content"].items() if k != "execution_count"}
+    return {
+        **msg,
+        "msg_type": "display_data",
+        "header": {**msg.get("header", {}), "msg_type": "display_data"},
+        "content": content,
+    }
+
+
 def _message(kind: str, content: dict) -> dict:
     """An output of the test cell's own, as a kernel message (the driver bounds both)."""
     return {
@@ -845,14 +865,26 @@ class TrustedCells:
         source: str,
         student_names: set[str],
         emit: Callable[[dict], None],
-        deadline: float,
+        seconds: float,
     ) -> dict | None:
-        """Runs one cell's ``source`` here; returns its error output, or None."""
+        """Runs one cell's ``source`` here, for at most ``seconds``; returns its error
+        output, or None.
+
+        The limit is a ``SIGALRM`` timer, as ``npfl_lib.grading.time_limit``'s: a
+        ``time_limit`` in the cell that would end later defers to it, and a call that is
+        waiting for the kernel is interrupted (the kernel too) when it fires.
+        """
+
+        def on_alarm(signum, frame):
+            raise CellTimeoutError(self.calls.timeout_message)
+
         parsed = bound_and_read(source)
-        self.calls.deadline = deadline
+        self.calls.deadline = time.monotonic() + seconds + 1  # should the timer be lost
         self.calls.emit = emit
         old_out, old_err = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = _CellStream("stdout", emit), _CellStream("stderr", emit)
+        old_handler = signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
         try:
             if parsed is not None:
                 self._refresh(student_names)
@@ -877,6 +909,8 @@ class TrustedCells:
                 raise
             return _error_output(exc)
         finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old_handler)
             sys.stdout, sys.stderr = old_out, old_err
             self.calls.deadline = float("inf")
             if parsed is not None:
