@@ -240,9 +240,10 @@ def test_calls_carry_arguments_results_state_and_errors(tmp_path):
         source_cell("test", "test_calls", TESTS, 1),
         source_cell("test", "test_time", "with time_limit(1):\n    spins()", 1),
         source_cell("test", "test_after", "fill_(torch.zeros(1), 2.0)\nprint('alive')", 1),
+        source_cell("test", "test_own", "def local(x):\n    return x\n\nfill_(local, 1.0)", 1),
     ]
     executed = _run(tmp_path, notebook, cell_seconds=20)
-    calls, timed, after = executed["cells"][2:]
+    calls, timed, after, own = executed["cells"][2:]
     text = _text(calls)
     assert not [o for o in calls["outputs"] if o["output_type"] == "error"], calls["outputs"]
     assert "filling (2, 3)" in text and "ALL GOOD" in text  # the student's prints, in order
@@ -252,3 +253,6 @@ def test_calls_carry_arguments_results_state_and_errors(tmp_path):
     # The student's loop cancelled its own timer: the grader's limit stops it from outside.
     assert [o["ename"] for o in timed["outputs"] if o["output_type"] == "error"] == ["TimeoutError"]
     assert "alive" in _text(after) and "filling (1,)" in _text(after)
+    # A function of the test's own cannot travel: the kernel does not run test cells.
+    errors = [o for o in own["outputs"] if o["output_type"] == "error"]
+    assert errors and "local is defined in a test cell" in errors[0]["evalue"], own["outputs"]

@@ -402,7 +402,8 @@ class GradingClient(NotebookClient):
                 self.process_message(msg, cell, index)
 
         started = _now()
-        error = self.trusted.run(index, cell.source, self.student_names, emit, self.cell_seconds)
+        error = self.trusted.run(index, cell.source, self.student_names, emit,
+                                 self.cell_seconds, shared=not shown)  # fmt: skip
         if shown and self.record_timing:
             cell.metadata["execution"] = {
                 "iopub.status.busy": started,

@@ -466,9 +466,9 @@ class _RequestPickler(pickle.Pickler):
     """Pickles a call's arguments; the student's and the test's own functions and
     classes travel by name (the kernel has the same setup), tensors with their gradients."""
 
-    def __init__(self, file, namespace: dict) -> None:
+    def __init__(self, file, namespace: dict, shared: set[str]) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
-        self.namespace = namespace
+        self.namespace, self.shared = namespace, shared
 
     def reducer_override(self, obj):  # noqa: C901 - one branch per kind
         import torch
@@ -479,6 +479,11 @@ class _RequestPickler(pickle.Pickler):
             getattr(obj, "__globals__", None) is self.namespace
             or getattr(obj, "__module__", None) == "__main__"
         ):
+            if obj.__name__ not in self.shared:
+                raise pickle.PicklingError(
+                    f"{obj.__name__} is defined in a test cell, which the student's kernel "
+                    "does not run: define it in a locked setup cell"
+                )
             return (agent.lookup, (obj.__name__,))
         if isinstance(obj, torch.Tensor) and (
             obj.grad is not None if obj.is_leaf else obj.requires_grad
@@ -489,9 +494,10 @@ class _RequestPickler(pickle.Pickler):
         return NotImplemented
 
 
-def encode_request(message: dict, namespace: dict) -> str:
+def encode_request(message: dict, namespace: dict, shared: set[str]) -> str:
+    """A call as the kernel unpickles it; ``shared``: the names the kernel has too."""
     buffer = io.BytesIO()
-    _RequestPickler(buffer, namespace).dump(message)
+    _RequestPickler(buffer, namespace, shared).dump(message)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
@@ -569,6 +575,7 @@ class KernelCalls:
         self.emit, self.kernel_pid = emit, kernel_pid
         self.before_interrupt, self.after_interrupt = before_interrupt, after_interrupt
         self.namespace: dict = {}
+        self.shared: set[str] = set()  # names bound in the kernel too (setup, the student's)
         self.deadline = float("inf")
         self.dead: str | None = None
         self.calls = 0
@@ -704,7 +711,7 @@ class KernelCalls:
             "forbidden": active_forbidden(),
         }
         try:
-            request = encode_request(message, self.namespace)
+            request = encode_request(message, self.namespace, self.shared)
         except Exception as exc:  # noqa: BLE001 - the test passed what cannot travel
             raise TypeError(
                 f"the grader cannot pass the arguments of {name}() to the student's kernel: {exc}"
@@ -826,11 +833,12 @@ class TrustedCells:
         self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
         calls.namespace = self.namespace
         self.own: set[str] = set()  # names bound by the cells run here
+        self.reads: set[str] = set()  # names the cells run here read (their functions too)
         self.student: dict[str, Any] = {}  # what the student's names are bound to here
 
     def _refresh(self, names: set[str]) -> None:
-        """Binds the student's names (those not bound by cells run here)."""
-        wanted = names - self.own
+        """Binds the student's names that the cells run here read (and did not bind)."""
+        wanted = (names & self.reads) - self.own
         kinds = self.calls.describe(sorted(wanted)) if wanted else {}
         for name in wanted:
             kind = kinds.get(name)
@@ -866,9 +874,11 @@ class TrustedCells:
         student_names: set[str],
         emit: Callable[[dict], None],
         seconds: float,
+        shared: bool = False,
     ) -> dict | None:
         """Runs one cell's ``source`` here, for at most ``seconds``; returns its error
-        output, or None.
+        output, or None. ``shared``: the kernel runs it too (a setup cell), so what it
+        defines may be passed to the student's functions.
 
         The limit is a ``SIGALRM`` timer, as ``npfl_lib.grading.time_limit``'s: a
         ``time_limit`` in the cell that would end later defers to it, and a call that is
@@ -879,6 +889,11 @@ class TrustedCells:
             raise CellTimeoutError(self.calls.timeout_message)
 
         parsed = bound_and_read(source)
+        if parsed is not None:
+            self.reads |= parsed[1]
+            if shared:
+                self.calls.shared |= parsed[0]
+        self.calls.shared |= student_names
         self.calls.deadline = time.monotonic() + seconds + 1  # should the timer be lost
         self.calls.emit = emit
         old_out, old_err = sys.stdout, sys.stderr
