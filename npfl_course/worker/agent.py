@@ -116,6 +116,65 @@ def with_grad(value: Any, requires_grad: bool, parameter: bool, grad: Any) -> An
     return tensor
 
 
+class OneShot:
+    """An iterator the grader passed (``model.parameters()``): one pass over its items,
+    as the generator the test made gives; the items stay known for the reply."""
+
+    def __init__(self, items: list) -> None:
+        self.items, self._iterator = items, iter(items)
+
+    def __iter__(self) -> OneShot:
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._iterator)
+
+
+def reachable(value: Any) -> list:
+    """What a call may change in place among its arguments, in an order both sides
+    compute alike: tensors, modules (and their parameters and buffers), generators,
+    lists and dicts (and what they hold), through tuples and one-shot iterators."""
+    import torch
+
+    found: list = []
+    seen: set[int] = set()
+    pending = [value]
+    while pending and len(found) < MAX_ITEMS:
+        item = pending.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        children: list = []
+        if isinstance(item, (torch.Tensor, torch.Generator)):
+            found.append(item)
+        elif isinstance(item, torch.nn.Module):
+            found.append(item)
+            children = [t for _, t in item.named_parameters(remove_duplicate=False)]
+            children += [t for _, t in item.named_buffers(remove_duplicate=False)]
+        elif type(item) in (list, dict):
+            found.append(item)
+            children = list(item.values() if isinstance(item, dict) else item)
+        elif isinstance(item, tuple):
+            children = list(item)
+        elif isinstance(item, OneShot):
+            children = [item.items]
+        pending.extend(reversed(children))
+    return found
+
+
+def one_shot(items: list) -> OneShot:
+    """How the grader's iterators arrive (see :class:`OneShot`)."""
+    return OneShot(items)
+
+
+_handles: dict[int, Any] = {}
+
+
+def handle_lookup(number: int) -> Any:
+    """A callable the student's code returned earlier (the grader's ``Remote``)."""
+    return _handles[number]
+
+
 def _trusted_class(cls: type) -> bool:
     module = getattr(cls, "__module__", "") or ""
     return module.split(".")[0] in TRUSTED_CLASS_ROOTS
@@ -160,15 +219,7 @@ class _Packer:
                     if p.grad is not None
                 }
                 return {"__npfl__": "module", "module": value, "grads": grads} if grads else value
-            return {
-                "__npfl__": "module_state",
-                "tensors": {
-                    **dict(value.named_parameters(remove_duplicate=False)),
-                    **dict(value.named_buffers(remove_duplicate=False)),
-                },
-                "training": {name: m.training for name, m in value.named_modules()},
-                "type": f"{type(value).__module__}.{type(value).__qualname__}",
-            }
+            return self.handle(value)  # the student's own class: called where it lives
         if isinstance(value, torch.optim.Optimizer):
             return self.optimizer(value, depth)
         if type(value) in (list, tuple) or isinstance(value, tuple) and hasattr(value, "_fields"):
@@ -191,7 +242,39 @@ class _Packer:
                     "array": torch.from_numpy(array.copy()),
                     "scalar": isinstance(value, numpy.generic),
                 }
+        if callable(value):
+            return self.handle(value)
         return self.opaque(value)
+
+    def handle(self, value: Any) -> dict:
+        """A callable of the student's (a function, a lambda, an instance of its class):
+        kept here, called by the grader through its number."""
+        number = len(_handles) + 1
+        _handles[number] = value
+        cls = type(value)
+        return {
+            "__npfl__": "handle",
+            "id": number,
+            "type": f"{cls.__module__}.{cls.__qualname__}",
+            "name": str(getattr(value, "__name__", ""))[:200],
+            "repr": self.opaque(value)["repr"],
+        }
+
+    def state(self, value: Any) -> Any:
+        """What one of the call's reachable arguments is after the call."""
+        import torch
+
+        if type(value) is list:
+            return {"__npfl__": "list", "items": [self.pack(v, 1) for v in value]}
+        if type(value) is dict:
+            items = [(self.pack(k, 1), self.pack(v, 1)) for k, v in value.items()]
+            return {"__npfl__": "dict", "items": items}
+        if isinstance(value, torch.nn.Module):
+            if all(_trusted_class(type(m)) for m in value.modules()):
+                return {"__npfl__": "module", "module": value}
+            modes = {name: m.training for name, m in value.named_modules()}
+            return {"__npfl__": "module_state", "training": modes}
+        return self.pack(value)
 
     def differentiable(self, value: Any) -> Any:
         """A scalar the test may differentiate: its value, and its gradients with respect
@@ -305,6 +388,7 @@ def call(request: str) -> None:
     _state["reply"] = None
     message = pickle.loads(base64.b64decode(request))  # noqa: S301 - made by the grader
     args, kwargs = message["args"], message["kwargs"]
+    received = reachable([args, kwargs])
     outcome: dict[str, Any]
     own = ambient()  # the kernel's own, put back after the call
     try:
@@ -315,7 +399,10 @@ def call(request: str) -> None:
 
                 stack.enter_context(forbid(*message["forbidden"]))
             try:
-                function = lookup(message["name"])
+                if message["op"] == "handle":
+                    function = _handles[int(message["name"])]
+                else:
+                    function = lookup(message["name"])
                 value = function if message["op"] == "get" else function(*args, **kwargs)
                 outcome = {"ok": True, "value": value}
             except BaseException as exc:  # noqa: BLE001 - SystemExit, KeyboardInterrupt too
@@ -330,8 +417,7 @@ def call(request: str) -> None:
     packer.leaves = []
     answer = {
         "outcome": outcome,
-        "args": packer.pack(list(args)),
-        "kwargs": packer.pack(dict(kwargs)),
+        "received": [packer.state(item) for item in received],
         "ambient": after,
     }
     buffer = io.BytesIO()
@@ -340,8 +426,7 @@ def call(request: str) -> None:
     except Exception as exc:  # noqa: BLE001 - e.g. a tensor subclass torch cannot save
         answer = {
             "outcome": {"ok": False, "error": _error(exc)},
-            "args": None,
-            "kwargs": None,
+            "received": None,
             "ambient": after,
         }
         buffer = io.BytesIO()

@@ -114,6 +114,34 @@ class Proxy:
         return (agent.lookup, (self.__name__,))
 
 
+class Remote(Proxy):
+    """A callable the student's code returned (a function, a lambda, an instance of the
+    student's class such as its own ``nn.Module``): it stays in the kernel; calling it
+    here calls it there."""
+
+    def __init__(self, calls: KernelCalls, marker: dict) -> None:
+        super().__init__(calls, str(marker.get("name") or "object"))
+        self._number = int(marker.get("id", 0))
+        self._type, self._repr = str(marker.get("type"))[:200], str(marker.get("repr"))[:300]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._calls.call(str(self._number), args, kwargs, op="handle")
+
+    def __repr__(self) -> str:
+        return f"<{self._type} in the student's kernel: {self._repr}>"
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise TypeError(
+            f"{self._repr} stays in the student's kernel (an object of its own class "
+            f"{self._type}): the tests can call it, not read its attribute {name!r}"
+        )
+
+    def __reduce__(self):
+        return (agent.handle_lookup, (self._number,))
+
+
 # -- from the kernel: plain data only ------------------------------------------------
 
 
@@ -191,61 +219,66 @@ class Receiver:
     """Rebuilds what came back, maps the arguments' counterparts to the test's objects and
     copies changes made in place (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, calls: KernelCalls | None = None) -> None:
+        self.calls = calls
         self.mapping: dict[int, Any] = {}  # id(decoded) -> the test's object
         self.keep: list[Any] = []  # the decoded objects, alive while ids are compared
 
     # the arguments
-    def sync(self, original: Any, decoded: Any, depth: int = 0) -> None:
+    def take_back(self, originals: list, states: list) -> None:
+        """Applies what a call did to its arguments: ``states[i]`` is the kernel's
+        counterpart of ``originals[i]`` (both listed by :func:`agent.reachable`) after
+        the call. Counterparts map to the test's objects; tensors, gradients, modules'
+        modes, generators and the contents of lists and dicts are brought up to date (a
+        list entry the call replaced becomes the new object, as in one process)."""
         import torch
 
-        if depth > agent.MAX_DEPTH or decoded is None:
-            return
-        kind = _marker(decoded)
-        self.keep.append(decoded)
-        if isinstance(original, torch.Tensor):
-            grad = _MISSING
-            if kind == "tensor":
-                decoded, grad = decoded.get("value"), decoded.get("grad")
-            if isinstance(decoded, torch.Tensor):
-                self._tensor(original, decoded, None if grad is _MISSING else grad)
-        elif isinstance(original, torch.nn.Module):
-            grads = {}
-            if kind == "module":
-                decoded, grads = decoded.get("module"), decoded.get("grads") or {}
-            if isinstance(decoded, torch.nn.Module):
-                self._module(original, decoded, grads)
-            elif kind == "module_state":
-                self._module_state(original, decoded)
-        elif isinstance(original, torch.Generator) and kind == "generator":
-            with contextlib.suppress(Exception):
-                original.set_state(decoded["state"])
-            self.mapping[id(decoded)] = original
-        elif type(original) is list and type(decoded) is list:
-            for old, new in zip(original, decoded, strict=False):
-                self.sync(old, new, depth + 1)
-            items = [self.receive(item, depth + 1) for item in decoded]
-            if len(items) != len(original) or any(
-                a is not b for a, b in zip(items, original, strict=True)
-            ):
-                original[:] = items
-            self.mapping[id(decoded)] = original
-        elif type(original) is dict and type(decoded) is dict and kind is None:
-            for key in original.keys() & decoded.keys():
-                self.sync(original[key], decoded[key], depth + 1)
-            items = {key: self.receive(value, depth + 1) for key, value in decoded.items()}
-            if items.keys() != original.keys() or any(items[k] is not original[k] for k in items):
+        if len(states) != len(originals):
+            raise ValueError("what came back does not match the arguments")
+        pairs = list(zip(originals, states, strict=True))
+        for original, state in pairs:  # identities first: contents may refer to any
+            value = state.get("value") if _marker(state) == "tensor" else state
+            if _marker(state) == "module":
+                value = state.get("module")
+            if isinstance(original, torch.Tensor) and isinstance(value, torch.Tensor):
+                self.mapping[id(value)] = original
+            elif isinstance(original, torch.nn.Module) and isinstance(value, torch.nn.Module):
+                self.mapping[id(value)] = original
+                mine = dict(original.named_modules(remove_duplicate=False))
+                for name, module in value.named_modules(remove_duplicate=False):
+                    if name in mine:
+                        self.mapping[id(module)] = mine[name]
+            self.keep.append(state)
+        for original, state in pairs:
+            kind = _marker(state)
+            if isinstance(original, torch.Tensor):
+                tensor, grad = state, None
+                if kind == "tensor":
+                    tensor, grad = state.get("value"), state.get("grad")
+                if isinstance(tensor, torch.Tensor):
+                    self._tensor(original, tensor, grad)
+            elif isinstance(original, torch.nn.Module) and kind in ("module", "module_state"):
+                modes = state.get("training")
+                if kind == "module" and isinstance(state.get("module"), torch.nn.Module):
+                    modes = {n: m.training for n, m in state["module"].named_modules()}
+                modes = modes if isinstance(modes, dict) else {}
+                for name, module in original.named_modules():
+                    if name in modes:
+                        module.training = bool(modes[name])
+            elif isinstance(original, torch.Generator) and kind == "generator":
+                with contextlib.suppress(Exception):
+                    original.set_state(state["state"])
+            elif type(original) is list and kind == "list":
+                original[:] = [self.receive(item) for item in state.get("items") or []]
+            elif type(original) is dict and kind == "dict":
+                items = [(self.receive(k), self.receive(v)) for k, v in state.get("items") or []]
                 original.clear()
-                original.update(items)
-            self.mapping[id(decoded)] = original
-        elif isinstance(original, tuple) and isinstance(decoded, (tuple, list)):
-            for old, new in zip(original, decoded, strict=False):
-                self.sync(old, new, depth + 1)
+                with contextlib.suppress(TypeError):
+                    original.update(items)
 
     def _tensor(self, original, decoded, grad) -> None:
         import torch
 
-        self.mapping[id(decoded)] = original
         with torch.no_grad():
             same = (
                 decoded.shape == original.shape
@@ -258,56 +291,19 @@ class Receiver:
             else:
                 original.data = decoded.detach()
         if grad is None or not isinstance(grad, torch.Tensor):
-            if original.grad is not None and (original.is_leaf or original.retains_grad):
+            if original.grad is not None and original.is_leaf:
                 original.grad = None
         elif original.is_leaf:
             if (
                 original.grad is not None
                 and original.grad.shape == grad.shape
-                and (original.grad.dtype == grad.dtype)
+                and original.grad.dtype == grad.dtype
             ):
                 with torch.no_grad():
                     original.grad.copy_(grad)
             else:
                 with contextlib.suppress(RuntimeError):
                     original.grad = grad.detach()
-
-    def _module(self, original, decoded, grads: dict) -> None:
-        self.mapping[id(decoded)] = original
-        new_modules = dict(decoded.named_modules(remove_duplicate=False))
-        for name, module in original.named_modules(remove_duplicate=False):
-            counterpart = new_modules.get(name)
-            if counterpart is not None and type(counterpart) is type(module):
-                module.training = bool(counterpart.training)
-                self.mapping[id(counterpart)] = module
-        new_tensors = dict(decoded.named_parameters(remove_duplicate=False))
-        new_tensors.update(decoded.named_buffers(remove_duplicate=False))
-        olds = dict(original.named_parameters(remove_duplicate=False))
-        olds.update(original.named_buffers(remove_duplicate=False))
-        for name, old in olds.items():
-            new = new_tensors.get(name)
-            if new is not None:
-                self._tensor(old, new, grads.get(name) if name in olds else None)
-
-    def _module_state(self, original, decoded: dict) -> None:
-        """A module of a class the grader does not rebuild: its tensors and modes by name."""
-        import torch
-
-        tensors = decoded.get("tensors") if isinstance(decoded.get("tensors"), dict) else {}
-        olds = dict(original.named_parameters(remove_duplicate=False))
-        olds.update(original.named_buffers(remove_duplicate=False))
-        for name, old in olds.items():
-            new = tensors.get(name)
-            if _marker(new) == "tensor":
-                new, grad = new.get("value"), new.get("grad")
-            else:
-                grad = None
-            if isinstance(new, torch.Tensor):
-                self._tensor(old, new, grad)
-        modes = decoded.get("training") if isinstance(decoded.get("training"), dict) else {}
-        for name, module in original.named_modules():
-            if name in modes:
-                module.training = bool(modes[name])
 
     # the result
     def receive(self, value: Any, depth: int = 0) -> Any:
@@ -341,6 +337,12 @@ class Receiver:
             return module
         if kind == "differentiable":
             return self._differentiable(value, depth)
+        if kind == "handle":
+            return (
+                Remote(self.calls, value)
+                if self.calls is not None
+                else Unreadable(str(value.get("type")), str(value.get("repr")), "no kernel")
+            )
         if kind == "module_state":
             return Unreadable(
                 str(value.get("type"))[:200],
@@ -473,6 +475,8 @@ class _RequestPickler(pickle.Pickler):
     def reducer_override(self, obj):  # noqa: C901 - one branch per kind
         import torch
 
+        if isinstance(obj, Remote):
+            return (agent.handle_lookup, (obj._number,))
         if isinstance(obj, Proxy):
             return (agent.lookup, (obj.__name__,))
         if isinstance(obj, (types.FunctionType, type)) and (
@@ -502,9 +506,10 @@ def encode_request(message: dict, namespace: dict, shared: set[str]) -> str:
 
 
 def _materialized(value: Any) -> Any:
-    """Generators and iterators of the test (``model.parameters()``) as lists."""
+    """Generators and iterators of the test (``model.parameters()``) as one-shot
+    iterators over their items (see :class:`agent.OneShot`)."""
     if isinstance(value, (types.GeneratorType, map, filter, zip)):
-        return list(value)
+        return agent.OneShot(list(value))
     return value
 
 
@@ -702,6 +707,7 @@ class KernelCalls:
         start = time.monotonic()
         args = tuple(_materialized(a) for a in args)
         kwargs = {k: _materialized(v) for k, v in kwargs.items()}
+        originals = agent.reachable([args, kwargs])
         message = {
             "op": op,
             "name": name,
@@ -739,11 +745,12 @@ class KernelCalls:
             raise TypeError(f"{name}(): {exc}") from None
         with contextlib.suppress(Exception):
             agent.set_ambient(reply["ambient"])
-        receiver = Receiver()
-        if isinstance(reply.get("args"), list):
-            receiver.sync(list(args), reply["args"])
-        if isinstance(reply.get("kwargs"), dict):
-            receiver.sync(dict(kwargs), reply["kwargs"])
+        receiver = Receiver(self)
+        if isinstance(reply.get("received"), list):
+            try:
+                receiver.take_back(originals, reply["received"])
+            except (ValueError, TypeError, AttributeError) as exc:
+                raise TypeError(f"{name}(): {exc}") from None
         outcome = reply["outcome"]
         if not outcome.get("ok"):
             error = outcome.get("error") if isinstance(outcome.get("error"), dict) else {}
