@@ -168,6 +168,65 @@ def one_shot(items: list) -> OneShot:
 
 
 _handles: dict[int, Any] = {}
+_graphs: dict[int, tuple] = {}  # forward passes of the student's modules, until backward
+MAX_GRAPHS = 32
+
+
+def load_module_state(number: int, state: dict, modes: dict) -> Any:
+    """The student's module ``number`` with the grader's parameters, buffers and modes."""
+    import torch
+
+    module = _handles[number]
+    mine = dict(module.named_parameters())
+    mine.update(module.named_buffers())
+    with torch.no_grad():
+        for name, tensor in state.items():
+            target = mine.get(name)
+            if not isinstance(target, torch.Tensor) or not isinstance(tensor, torch.Tensor):
+                continue
+            if (target.shape, target.dtype, target.device) == (
+                tensor.shape,
+                tensor.dtype,
+                tensor.device,
+            ):
+                target.copy_(tensor)
+            else:  # the grader moved or cast the module (.to, .double())
+                target.data = tensor.detach().clone()
+    for name, submodule in module.named_modules():
+        if name in modes:
+            submodule.training = bool(modes[name])
+    return module
+
+
+def _forward(number: int, state: dict, modes: dict, args: tuple, kwargs: dict) -> dict:
+    """A forward pass of the student's module with the grader's state; the graph is kept
+    for :func:`_backward` when the output needs gradients."""
+    import torch
+
+    module = load_module_state(number, state, modes)
+    output = module(*args, **kwargs)
+    result: dict[str, Any] = {"output": output, "graph": None, "leaves": [], "inputs": []}
+    if isinstance(output, torch.Tensor) and output.requires_grad:
+        named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        inputs = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.requires_grad]
+        leaves = [p for _, p in named] + [args[i] for i in inputs]
+        number = max(_graphs, default=0) + 1
+        _graphs[number] = (output, leaves)
+        for old in sorted(_graphs)[:-MAX_GRAPHS]:
+            del _graphs[old]
+        result.update(
+            output=output.detach(), graph=number, leaves=[n for n, _ in named], inputs=inputs
+        )
+    result["buffers"] = dict(module.named_buffers())
+    return result
+
+
+def _backward(number: int, grad_output: Any) -> list:
+    """The gradients of a kept forward pass's leaves (None where unused)."""
+    import torch
+
+    output, leaves = _graphs.pop(number)
+    return list(torch.autograd.grad(output, leaves, grad_output, allow_unused=True))
 
 
 def handle_lookup(number: int) -> Any:
@@ -219,7 +278,7 @@ class _Packer:
                     if p.grad is not None
                 }
                 return {"__npfl__": "module", "module": value, "grads": grads} if grads else value
-            return self.handle(value)  # the student's own class: called where it lives
+            return self.student_module(value, depth)
         if isinstance(value, torch.optim.Optimizer):
             return self.optimizer(value, depth)
         if type(value) in (list, tuple) or isinstance(value, tuple) and hasattr(value, "_fields"):
@@ -259,6 +318,30 @@ class _Packer:
             "name": str(getattr(value, "__name__", ""))[:200],
             "repr": self.opaque(value)["repr"],
         }
+
+    def student_module(self, module: Any, depth: int) -> dict:
+        """A module of the student's own class: its parameters, buffers, submodules and
+        plain attributes, and a number to run its forward here (the grader builds a
+        module of the same structure whose forward comes here)."""
+        marker = self.handle(module)
+        marker.update(
+            __npfl__="student_module",
+            name=type(module).__name__,
+            children={n: self.pack(c, depth + 1) for n, c in module.named_children()},
+            parameters={
+                n: self.pack(p, depth + 1) for n, p in module.named_parameters(recurse=False)
+            },
+            buffers={n: b for n, b in module.named_buffers(recurse=False)},
+            training=module.training,
+            attributes={
+                k: v
+                for k, v in vars(module).items()
+                if not k.startswith("_")
+                and k != "training"
+                and isinstance(v, (bool, int, float, str))
+            },
+        )
+        return marker
 
     def state(self, value: Any) -> Any:
         """What one of the call's reachable arguments is after the call."""
@@ -399,11 +482,21 @@ def call(request: str) -> None:
 
                 stack.enter_context(forbid(*message["forbidden"]))
             try:
-                if message["op"] == "handle":
-                    function = _handles[int(message["name"])]
+                op = message["op"]
+                if op == "forward":
+                    extra = message["extra"]
+                    value = _forward(
+                        int(message["name"]), extra["state"], extra["modes"], args, kwargs
+                    )
+                elif op == "backward":
+                    value = _backward(int(message["name"]), args[0])
                 else:
-                    function = lookup(message["name"])
-                value = function if message["op"] == "get" else function(*args, **kwargs)
+                    function = (
+                        _handles[int(message["name"])]
+                        if op == "handle"
+                        else (lookup(message["name"]))
+                    )
+                    value = function if op == "get" else function(*args, **kwargs)
                 outcome = {"ok": True, "value": value}
             except BaseException as exc:  # noqa: BLE001 - SystemExit, KeyboardInterrupt too
                 outcome = {"ok": False, "error": _error(exc)}

@@ -35,6 +35,7 @@ import base64
 import builtins
 import collections
 import contextlib
+import copy
 import io
 import json
 import os
@@ -337,6 +338,8 @@ class Receiver:
             return module
         if kind == "differentiable":
             return self._differentiable(value, depth)
+        if kind == "student_module":
+            return self._student_module(value, depth)
         if kind == "handle":
             return (
                 Remote(self.calls, value)
@@ -403,6 +406,40 @@ class Receiver:
             return result
         return _Gradients.apply(result, [g for _, g in pairs], *[leaf for leaf, _ in pairs])
 
+    def _student_module(self, value: dict, depth: int) -> Any:
+        """A module of the student's own class, as a :class:`StudentModule` of the same
+        structure and class name holding its tensors."""
+        import torch
+
+        if self.calls is None:
+            return Unreadable(str(value.get("type")), str(value.get("repr")), "no kernel")
+        name = str(value.get("name") or "Module")[:100]
+        cls = type(name, (_student_module_class(),), {"__module__": "student"})
+        module = cls.__new__(cls)
+        torch.nn.Module.__init__(module)
+        self.mapping[id(value)] = module
+        for key, child in (value.get("children") or {}).items():
+            child = self.receive(child, depth + 1)
+            if isinstance(child, torch.nn.Module):
+                module.add_module(str(key), child)
+        for key, tensor in (value.get("parameters") or {}).items():
+            tensor = self.receive(tensor, depth + 1)
+            if isinstance(tensor, torch.Tensor):
+                if not isinstance(tensor, torch.nn.Parameter):
+                    tensor = torch.nn.Parameter(tensor, tensor.requires_grad)
+                module.register_parameter(str(key), tensor)
+        for key, tensor in (value.get("buffers") or {}).items():
+            if isinstance(tensor, torch.Tensor):
+                module.register_buffer(str(key), self.receive(tensor, depth + 1))
+        module.training = bool(value.get("training", True))
+        for key, item in (value.get("attributes") or {}).items():
+            if isinstance(key, str) and not hasattr(module, key):
+                with contextlib.suppress(Exception):
+                    setattr(module, key, item)
+        object.__setattr__(module, "_npfl_remote", (self.calls, int(value.get("id", 0))))
+        object.__setattr__(module, "_npfl_type", str(value.get("type"))[:200])
+        return module
+
     def _optimizer(self, value: dict, depth: int) -> Any:
         allowed_globals()
         cls = _optimizers.get(str(value.get("class")))
@@ -459,6 +496,74 @@ class _LazyGradients:
 
 
 _Gradients = _LazyGradients()
+_classes_cache: dict[str, Any] = {}
+
+
+def _student_module_class() -> type:
+    """:class:`StudentModule`, made on first use (torch is imported lazily here)."""
+    if "module" not in _classes_cache:
+        import torch
+
+        class RemoteGraph(torch.autograd.Function):
+            """A forward pass that ran in the kernel; backward asks the kernel too."""
+
+            @staticmethod
+            def forward(ctx, calls, graph, output, *leaves):
+                ctx.calls, ctx.graph = calls, graph
+                return output.clone()
+
+            @staticmethod
+            def backward(ctx, grad_output):
+                grads = ctx.calls.call(str(ctx.graph), (grad_output,), {}, op="backward")
+                return (None, None, None, *grads)
+
+        class StudentModule(torch.nn.Module):
+            """A module of the student's own class: the structure, parameters, buffers
+            and plain attributes are here (``.to``, ``.eval``, ``.parameters()``, an
+            optimizer work as on any module), the forward runs in the student's kernel
+            with these tensors, and its backward too."""
+
+            def forward(self, *args, **kwargs):
+                calls, number = self._npfl_remote
+                state = {k: v.detach() for k, v in self.state_dict().items()}
+                modes = {name: m.training for name, m in self.named_modules()}
+                extra = {"state": state, "modes": modes}
+                result = calls.call(str(number), args, kwargs, op="forward", extra=extra)
+                buffers = dict(self.named_buffers())
+                with torch.no_grad():
+                    for name, tensor in (result.get("buffers") or {}).items():
+                        if name in buffers and isinstance(tensor, torch.Tensor):
+                            buffers[name].copy_(tensor)
+                output = result.get("output")
+                if result.get("graph") is None or not isinstance(output, torch.Tensor):
+                    return output
+                parameters = dict(self.named_parameters())
+                leaves = [parameters[n] for n in result.get("leaves") or []]
+                leaves += [args[i] for i in result.get("inputs") or []]
+                return RemoteGraph.apply(calls, result["graph"], output, *leaves)
+
+            def npfl_reduce(self):
+                """How it travels to the kernel: the student's object with this state."""
+                calls, number = self._npfl_remote
+                state = {k: v.detach() for k, v in self.state_dict().items()}
+                modes = {name: m.training for name, m in self.named_modules()}
+                return (agent.load_module_state, (number, state, modes))
+
+            def __deepcopy__(self, memo):
+                # A copy with its own tensors; both run their forward on the kernel's
+                # object, which gets the caller's tensors each time.
+                cls = type(self)
+                new = cls.__new__(cls)
+                memo[id(self)] = new
+                for key, item in self.__dict__.items():
+                    if key == "_npfl_remote":
+                        object.__setattr__(new, key, item)
+                    else:
+                        new.__dict__[key] = copy.deepcopy(item, memo)
+                return new
+
+        _classes_cache["module"] = StudentModule
+    return _classes_cache["module"]
 
 
 # -- to the kernel: pickles made here --------------------------------------------------
@@ -477,6 +582,8 @@ class _RequestPickler(pickle.Pickler):
 
         if isinstance(obj, Remote):
             return (agent.handle_lookup, (obj._number,))
+        if "module" in _classes_cache and isinstance(obj, _classes_cache["module"]):
+            return obj.npfl_reduce()
         if isinstance(obj, Proxy):
             return (agent.lookup, (obj.__name__,))
         if isinstance(obj, (types.FunctionType, type)) and (
@@ -700,7 +807,9 @@ class KernelCalls:
             return {}
         return {k: v for k, v in found.items() if k in names and v in ("callable", "value")}
 
-    def call(self, name: str, args: tuple, kwargs: dict, op: str = "call") -> Any:
+    def call(
+        self, name: str, args: tuple, kwargs: dict, op: str = "call", extra: Any = None
+    ) -> Any:
         """``name(*args, **kwargs)`` in the kernel (``op="get"``: the value of ``name``)."""
         from npfl_lib.grading import active_forbidden
 
@@ -715,6 +824,7 @@ class KernelCalls:
             "kwargs": kwargs,
             "ambient": agent.ambient(),
             "forbidden": active_forbidden(),
+            "extra": extra,
         }
         try:
             request = encode_request(message, self.namespace, self.shared)
