@@ -180,6 +180,27 @@ STUDENT = textwrap.dedent("""
         return Secret()
 
     RATE = 0.25
+
+    def twice(parameters):
+        return len(list(parameters)), len(list(parameters))
+
+    def replace_entries(params):
+        params["w"] = params["w"] + 1
+
+    def make_loss(scale):
+        return lambda x: (scale * x).sum()
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = torch.nn.Linear(2, 1)
+            self.p = 0.5
+
+        def forward(self, x):
+            return self.inner(x) * 2
+
+    def make_net():
+        return Net()
 """)
 TESTS = textwrap.dedent("""
     weight = torch.nn.Parameter(torch.zeros(2, 3))
@@ -228,6 +249,34 @@ TESTS = textwrap.dedent("""
         raise AssertionError("no error")
     assert RATE == 0.25
     print("secret:", repr(secret()))
+
+    # An iterator is one pass; a dict entry the call replaced is replaced.
+    assert twice(torch.nn.Linear(2, 2).parameters()) == (2, 0)
+    params = {"w": torch.zeros(2)}
+    w = params["w"]
+    replace_entries(params)
+    assert params["w"] is not w and params["w"].tolist() == [1.0, 1.0] and w.tolist() == [0, 0]
+
+    # The student's own callables and modules: called, trained and copied from here.
+    loss_fn = make_loss(3.0)
+    x = torch.ones(2, requires_grad=True)
+    out = loss_fn(x)
+    out.backward()
+    assert out.item() == 6.0 and x.grad.tolist() == [3.0, 3.0]
+    import copy
+
+    net = make_net()
+    assert type(net).__name__ == "Net" and net.p == 0.5 and isinstance(net, torch.nn.Module)
+    saved = copy.deepcopy(net)
+    before = net.inner.weight.detach().clone()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    net(torch.ones(3, 2)).sum().backward()
+    assert torch.allclose(net.inner.weight.grad, torch.full((1, 2), 6.0))
+    optimizer.step()
+    assert not torch.equal(net.inner.weight, before) and torch.equal(saved.inner.weight, before)
+    with torch.no_grad():
+        expected = (before.sum() + saved.inner.bias) * 2
+        assert torch.allclose(saved(torch.ones(1, 2)), expected)
     print("ALL GOOD")
 """)
 
