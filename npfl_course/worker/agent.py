@@ -23,6 +23,7 @@ import contextlib
 import io
 import pickle
 import sys
+import time
 from typing import Any
 
 MAX_DEPTH = 64  # nesting of containers in a result
@@ -481,6 +482,7 @@ def call(request: str) -> None:
                 from npfl_lib.grading import forbid
 
                 stack.enter_context(forbid(*message["forbidden"]))
+            started = time.perf_counter()
             try:
                 op = message["op"]
                 if op == "forward":
@@ -502,6 +504,7 @@ def call(request: str) -> None:
                 outcome = {"ok": False, "error": _error(exc)}
     except BaseException as exc:  # noqa: BLE001 - forbid's exit: a swallowed forbidden call
         outcome = {"ok": False, "error": _error(exc)}
+    seconds = time.perf_counter() - started if "started" in locals() else 0.0
     after = ambient()
     set_ambient(own)
     packer = _Packer(leaves([args, kwargs]))
@@ -512,6 +515,7 @@ def call(request: str) -> None:
         "outcome": outcome,
         "received": [packer.state(item) for item in received],
         "ambient": after,
+        "seconds": seconds,
     }
     buffer = io.BytesIO()
     try:
