@@ -47,8 +47,9 @@ def notebooks(calls: int, size: int) -> dict[str, nbformat.NotebookNode]:
     bodies = {
         "empty": ["assert 1 + 2 == 3"],
         "scalar": [loop + "assert add(1, 2) == 3"],
-        "tensor": [f"x = torch.ones({size}, dtype=torch.float64)\n"
-                   + loop + "check_close(scale(x), 2 * x)"],  # fmt: skip
+        "tensor": [
+            f"x = torch.ones({size}, dtype=torch.float64)\n" + loop + "check_close(scale(x), 2 * x)"
+        ],  # fmt: skip
         "cells": ["for _ in range(10):\n    assert add(1, 2) == 3"] * max(calls // 10, 1),
     }
     result = {}
@@ -57,7 +58,9 @@ def notebooks(calls: int, size: int) -> dict[str, nbformat.NotebookNode]:
         notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
         notebook.cells = [source_cell("readonly", "setup", SETUP),
                           source_cell("solution", "answers", ANSWERS)]  # fmt: skip
-        notebook.cells += [source_cell("test", f"test_{i}", body, 1) for i, body in enumerate(tests)]
+        notebook.cells += [
+            source_cell("test", f"test_{i}", body, 1) for i, body in enumerate(tests)
+        ]
         result[name] = notebook
     return result
 

@@ -512,6 +512,10 @@ class GradingClient(NotebookClient):
         notebook = dict(self.nb)
         metadata = dict(notebook.get("metadata", {}))
         metadata[META_KEY] = {"cells_run": self.cells_run, "done": done}
+        if self.calls is not None:  # what the test cells' calls into the kernel cost
+            metadata[META_KEY].update(calls=self.calls.calls,
+                                      call_seconds=round(self.calls.seconds, 3),
+                                      overhead_seconds=round(self.calls.overhead, 3))  # fmt: skip
         notebook["metadata"] = metadata
         self.out.write(json.dumps(notebook, indent=1).encode("utf-8"))
 
