@@ -42,6 +42,7 @@ __all__ = [
     "ForbiddenCallError",
     "active_forbidden",
     "check_close",
+    "intercept_forbidden",
     "forbid",
     "time_limit",
     "pick_device",
@@ -165,6 +166,23 @@ def _report(name: str) -> None:
 
 _CALLS: list[list[str]] = []  # one list per active forbid block, innermost last
 _TARGETS: list[tuple[str, ...]] = []  # the targets of each active forbid block
+
+
+_MODE = {"intercept": True}
+
+
+def intercept_forbidden(enabled: bool) -> None:
+    """Whether :func:`forbid` patches its targets in this process (the default) or only
+    records them for :func:`active_forbidden`.
+
+    ``npfl-course autograde`` runs the test cells in a process of their own and the
+    student's functions in the student's kernel, where the recorded targets are
+    forbidden around each call: patching them in the test's process would only cost
+    time (and imports) there.
+    """
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be a bool, got {enabled!r}")
+    _MODE["intercept"] = enabled
 
 
 def active_forbidden() -> tuple[str, ...]:
@@ -382,7 +400,13 @@ def forbid(*targets: str) -> Iterator[None]:
         ForbiddenCallError: (an AssertionError) on a call of a target in the block:
             ``"<name> is not allowed in this exercise: write it yourself"``.
     """
-    resolved = [entry for target in targets for entry in _expand(target)]
+    if _MODE["intercept"]:
+        resolved = [entry for target in targets for entry in _expand(target)]
+    else:
+        for target in targets:
+            if not isinstance(target, str) or not target:
+                raise TypeError(f"forbid targets must be dotted names (str), got {target!r}")
+        resolved = []
     patches = _Patches()
     calls: list[str] = []
     try:

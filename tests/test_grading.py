@@ -420,3 +420,25 @@ def test_check_close_rejects_tensor_subclasses_that_could_fake_equality():
     with pytest.raises(AssertionError, match="plain torch.Tensor"):
         check_close(fake, torch.ones(3))
     check_close(torch.nn.Parameter(torch.ones(3)), torch.ones(3))
+
+
+def test_forbid_only_records_when_told_and_says_what_is_active():
+    from npfl_lib.grading import active_forbidden, intercept_forbidden
+
+    assert active_forbidden() == ()
+    with forbid("torch.softmax"), forbid("npfl_lib", "torch.softmax"):
+        assert active_forbidden() == ("torch.softmax", "npfl_lib")
+        assert torch.softmax.__name__ == "forbidden"  # patched here
+    intercept_forbidden(False)
+    try:
+        with forbid("torch.softmax"):
+            assert active_forbidden() == ("torch.softmax",)
+            torch.softmax(torch.zeros(2), dim=0)  # recorded for another process, not patched
+        with pytest.raises(TypeError, match="dotted names"):
+            with forbid(3):
+                pass
+    finally:
+        intercept_forbidden(True)
+    assert active_forbidden() == ()
+    with pytest.raises(TypeError, match="enabled must be a bool"):
+        intercept_forbidden("no")

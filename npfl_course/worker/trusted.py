@@ -49,6 +49,8 @@ import types
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from npfl_course.worker import agent
 
 AGENT = "__import__('npfl_course.worker.agent', fromlist=['call'])"
@@ -162,8 +164,6 @@ def allowed_globals() -> list[Any]:
     """What a reply may name: torch's and npfl_lib's module classes, and dict (the
     optimizers come as markers, see :class:`npfl_course.worker.agent._Packer`)."""
     if not _allowed:
-        import torch
-
         roots: list[Any] = [torch.nn, torch.nn.modules]
         roots += [m for n, m in sys.modules.items() if n.startswith("torch.nn.modules.") and m]
         roots += [
@@ -187,8 +187,6 @@ def allowed_globals() -> list[Any]:
 
 def decode(text: str) -> dict:
     """A reply (base64 of ``torch.save``) as data; raises ValueError when it is not one."""
-    import torch
-
     if len(text) > MAX_REPLY_CHARS:
         raise ValueError(f"the reply is larger than {MAX_REPLY_CHARS >> 20} MiB")
     try:
@@ -232,8 +230,6 @@ class Receiver:
         the call. Counterparts map to the test's objects; tensors, gradients, modules'
         modes, generators and the contents of lists and dicts are brought up to date (a
         list entry the call replaced becomes the new object, as in one process)."""
-        import torch
-
         if len(states) != len(originals):
             raise ValueError("what came back does not match the arguments")
         pairs = list(zip(originals, states, strict=True))
@@ -278,8 +274,6 @@ class Receiver:
                     original.update(items)
 
     def _tensor(self, original, decoded, grad) -> None:
-        import torch
-
         with torch.no_grad():
             same = (
                 decoded.shape == original.shape
@@ -309,8 +303,6 @@ class Receiver:
     # the result
     def receive(self, value: Any, depth: int = 0) -> Any:
         """``value`` with markers rebuilt and the arguments' counterparts replaced."""
-        import torch
-
         if id(value) in self.mapping:
             return self.mapping[id(value)]
         if depth > agent.MAX_DEPTH:
@@ -345,12 +337,6 @@ class Receiver:
                 Remote(self.calls, value)
                 if self.calls is not None
                 else Unreadable(str(value.get("type")), str(value.get("repr")), "no kernel")
-            )
-        if kind == "module_state":
-            return Unreadable(
-                str(value.get("type"))[:200],
-                "a module",
-                "a module of a class defined outside torch and npfl_lib",
             )
         if kind == "generator":
             generator = torch.Generator(device=str(value.get("device", "cpu")))
@@ -388,8 +374,6 @@ class Receiver:
     def _differentiable(self, value: dict, depth: int) -> Any:
         """The student's scalar, whose backward() gives the test's tensors the gradients
         the kernel computed (first order; see agent._Packer.differentiable)."""
-        import torch
-
         result = value.get("value")
         pairs = [
             (self.mapping.get(id(leaf)), grad)
@@ -409,12 +393,10 @@ class Receiver:
     def _student_module(self, value: dict, depth: int) -> Any:
         """A module of the student's own class, as a :class:`StudentModule` of the same
         structure and class name holding its tensors."""
-        import torch
-
         if self.calls is None:
             return Unreadable(str(value.get("type")), str(value.get("repr")), "no kernel")
         name = str(value.get("name") or "Module")[:100]
-        cls = type(name, (_student_module_class(),), {"__module__": "student"})
+        cls = type(name, (StudentModule,), {"__module__": "student"})
         module = cls.__new__(cls)
         torch.nn.Module.__init__(module)
         self.mapping[id(value)] = module
@@ -468,102 +450,77 @@ class Receiver:
 _MISSING = object()
 
 
-def _gradients_function() -> type:
-    import torch
+class _Gradients(torch.autograd.Function):
+    """value, with backward() giving each leaf ``upstream * its gradient``."""
 
-    class Gradients(torch.autograd.Function):
-        """value, with backward() giving each leaf ``upstream * its gradient``."""
+    @staticmethod
+    def forward(ctx, value, grads, *leaves):
+        ctx.grads = grads
+        return value.clone()
 
-        @staticmethod
-        def forward(ctx, value, grads, *leaves):
-            ctx.grads = grads
-            return value.clone()
-
-        @staticmethod
-        def backward(ctx, upstream):
-            return (None, None, *[(upstream * g).to(g.dtype) for g in ctx.grads])
-
-    return Gradients
+    @staticmethod
+    def backward(ctx, upstream):
+        return (None, None, *[(upstream * g).to(g.dtype) for g in ctx.grads])
 
 
-class _LazyGradients:
-    function: Any = None
+class RemoteGraph(torch.autograd.Function):
+    """A forward pass that ran in the kernel; backward asks the kernel too."""
 
-    def apply(self, *args):
-        if self.function is None:
-            self.function = _gradients_function()
-        return self.function.apply(*args)
+    @staticmethod
+    def forward(ctx, calls, graph, output, *leaves):
+        ctx.calls, ctx.graph = calls, graph
+        return output.clone()
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grads = ctx.calls.call(str(ctx.graph), (grad_output,), {}, op="backward")
+        return (None, None, None, *grads)
 
 
-_Gradients = _LazyGradients()
-_classes_cache: dict[str, Any] = {}
+class StudentModule(torch.nn.Module):
+    """A module of the student's own class: the structure, parameters, buffers
+    and plain attributes are here (``.to``, ``.eval``, ``.parameters()``, an
+    optimizer work as on any module), the forward runs in the student's kernel
+    with these tensors, and its backward too."""
 
+    def forward(self, *args, **kwargs):
+        calls, number = self._npfl_remote
+        state = {k: v.detach() for k, v in self.state_dict().items()}
+        modes = {name: m.training for name, m in self.named_modules()}
+        extra = {"state": state, "modes": modes}
+        result = calls.call(str(number), args, kwargs, op="forward", extra=extra)
+        buffers = dict(self.named_buffers())
+        with torch.no_grad():
+            for name, tensor in (result.get("buffers") or {}).items():
+                if name in buffers and isinstance(tensor, torch.Tensor):
+                    buffers[name].copy_(tensor)
+        output = result.get("output")
+        if result.get("graph") is None or not isinstance(output, torch.Tensor):
+            return output
+        parameters = dict(self.named_parameters())
+        leaves = [parameters[n] for n in result.get("leaves") or []]
+        leaves += [args[i] for i in result.get("inputs") or []]
+        return RemoteGraph.apply(calls, result["graph"], output, *leaves)
 
-def _student_module_class() -> type:
-    """:class:`StudentModule`, made on first use (torch is imported lazily here)."""
-    if "module" not in _classes_cache:
-        import torch
+    def npfl_reduce(self):
+        """How it travels to the kernel: the student's object with this state."""
+        calls, number = self._npfl_remote
+        state = {k: v.detach() for k, v in self.state_dict().items()}
+        modes = {name: m.training for name, m in self.named_modules()}
+        return (agent.load_module_state, (number, state, modes))
 
-        class RemoteGraph(torch.autograd.Function):
-            """A forward pass that ran in the kernel; backward asks the kernel too."""
-
-            @staticmethod
-            def forward(ctx, calls, graph, output, *leaves):
-                ctx.calls, ctx.graph = calls, graph
-                return output.clone()
-
-            @staticmethod
-            def backward(ctx, grad_output):
-                grads = ctx.calls.call(str(ctx.graph), (grad_output,), {}, op="backward")
-                return (None, None, None, *grads)
-
-        class StudentModule(torch.nn.Module):
-            """A module of the student's own class: the structure, parameters, buffers
-            and plain attributes are here (``.to``, ``.eval``, ``.parameters()``, an
-            optimizer work as on any module), the forward runs in the student's kernel
-            with these tensors, and its backward too."""
-
-            def forward(self, *args, **kwargs):
-                calls, number = self._npfl_remote
-                state = {k: v.detach() for k, v in self.state_dict().items()}
-                modes = {name: m.training for name, m in self.named_modules()}
-                extra = {"state": state, "modes": modes}
-                result = calls.call(str(number), args, kwargs, op="forward", extra=extra)
-                buffers = dict(self.named_buffers())
-                with torch.no_grad():
-                    for name, tensor in (result.get("buffers") or {}).items():
-                        if name in buffers and isinstance(tensor, torch.Tensor):
-                            buffers[name].copy_(tensor)
-                output = result.get("output")
-                if result.get("graph") is None or not isinstance(output, torch.Tensor):
-                    return output
-                parameters = dict(self.named_parameters())
-                leaves = [parameters[n] for n in result.get("leaves") or []]
-                leaves += [args[i] for i in result.get("inputs") or []]
-                return RemoteGraph.apply(calls, result["graph"], output, *leaves)
-
-            def npfl_reduce(self):
-                """How it travels to the kernel: the student's object with this state."""
-                calls, number = self._npfl_remote
-                state = {k: v.detach() for k, v in self.state_dict().items()}
-                modes = {name: m.training for name, m in self.named_modules()}
-                return (agent.load_module_state, (number, state, modes))
-
-            def __deepcopy__(self, memo):
-                # A copy with its own tensors; both run their forward on the kernel's
-                # object, which gets the caller's tensors each time.
-                cls = type(self)
-                new = cls.__new__(cls)
-                memo[id(self)] = new
-                for key, item in self.__dict__.items():
-                    if key == "_npfl_remote":
-                        object.__setattr__(new, key, item)
-                    else:
-                        new.__dict__[key] = copy.deepcopy(item, memo)
-                return new
-
-        _classes_cache["module"] = StudentModule
-    return _classes_cache["module"]
+    def __deepcopy__(self, memo):
+        # A copy with its own tensors; both run their forward on the kernel's
+        # object, which gets the caller's tensors each time.
+        cls = type(self)
+        new = cls.__new__(cls)
+        memo[id(self)] = new
+        for key, item in self.__dict__.items():
+            if key == "_npfl_remote":
+                object.__setattr__(new, key, item)
+            else:
+                new.__dict__[key] = copy.deepcopy(item, memo)
+        return new
 
 
 # -- to the kernel: pickles made here --------------------------------------------------
@@ -578,11 +535,9 @@ class _RequestPickler(pickle.Pickler):
         self.namespace, self.shared = namespace, shared
 
     def reducer_override(self, obj):  # noqa: C901 - one branch per kind
-        import torch
-
         if isinstance(obj, Remote):
             return (agent.handle_lookup, (obj._number,))
-        if "module" in _classes_cache and isinstance(obj, _classes_cache["module"]):
+        if isinstance(obj, StudentModule):
             return obj.npfl_reduce()
         if isinstance(obj, Proxy):
             return (agent.lookup, (obj.__name__,))
@@ -779,8 +734,6 @@ class KernelCalls:
     def _ambient(self) -> dict:
         """:func:`agent.ambient`, without the random state when the last call left it as
         it is (the kernel kept it): 5 KB less each way for most calls."""
-        import torch
-
         state = agent.ambient()
         if self.last_rng is not None and torch.equal(state["rng"], self.last_rng):
             state["rng"] = None
@@ -849,8 +802,6 @@ class KernelCalls:
         self, name: str, args: tuple, kwargs: dict, op: str = "call", extra: Any = None
     ) -> Any:
         """``name(*args, **kwargs)`` in the kernel (``op="get"``: the value of ``name``)."""
-        import torch
-
         from npfl_lib.grading import active_forbidden
 
         start = time.monotonic()
