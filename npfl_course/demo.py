@@ -147,6 +147,8 @@ def _self_check(report) -> list[str]:
         problems.append(f"the full solution (alice) got {_score(full)}, not full marks")
     for student in ("bob", "eve"):  # eve's release also replaces npfl_lib.grading
         release = outcomes.get(student)
+        if student == "eve" and release is None:
+            continue  # a report without the hostile submissions
         if release is None or release.score != 0:
             problems.append(f"the untouched release ({student}) got {_score(release)}, not 0")
     for student in ("carol", "dave", "erin"):

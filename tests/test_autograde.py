@@ -525,6 +525,9 @@ PRIVATE_USES_ALLOWED = {
     # nbclient's hooks for a cell timeout and display_id updates (no public counterpart)
     "super()._async_handle_timeout",
     "super()._update_display_id",
+    # jupyter_client's documented point for launching a kernel differently ("override in a
+    # subclass to launch kernel subprocesses differently"): the kernel forked from the worker
+    "super()._async_launch_kernel",
 }
 
 

@@ -515,7 +515,7 @@ class GradingClient(NotebookClient):
         notebook = dict(self.nb)
         metadata = dict(notebook.get("metadata", {}))
         metadata[META_KEY] = {"cells_run": self.cells_run, "done": done}
-        if self.calls is not None:  # what the test cells' calls into the kernel cost
+        if self.calls is not None and self.calls.calls:  # what the test cells' calls cost
             metadata[META_KEY].update(calls=self.calls.calls,
                                       call_seconds=round(self.calls.seconds, 3),
                                       overhead_seconds=round(self.calls.overhead, 3))  # fmt: skip
@@ -646,13 +646,17 @@ def _kernel_environment() -> dict[str, str]:
 
 
 def _import_shared_libraries() -> None:
-    """torch, npfl_lib and ipykernel, with the garbage collector off and what they made
-    frozen (about 15 % less CPU; collections skip it; the forked kernel shares it)."""
+    """numpy, torch and ipykernel, with the garbage collector off and what they made
+    frozen (about 15 % less CPU; collections skip it; the forked kernel shares it).
+
+    Not npfl_lib: its import decides things from the process it runs in (tqdm.auto picks
+    the notebook's progress bar in a kernel, npfl_lib.grading sends warnings to stdout),
+    so the kernel imports it itself (npfl_course.worker.prepare), as does the worker."""
     import gc
 
     gc.disable()
     try:
-        for name in ("numpy", "torch", "npfl_lib", "npfl_lib.grading", "ipykernel.kernelapp"):
+        for name in ("numpy", "torch", "ipykernel.kernelapp"):
             with contextlib.suppress(ImportError):
                 __import__(name)
     finally:
@@ -686,8 +690,8 @@ def main(argv: list[str] | None = None) -> int:
         out = ResultWriter([int(fd) for fd in args.result_fds.split(",")])
     except (ValueError, OSError) as exc:
         parser.error(f"--result-fds: {exc}")
-    # The test cells' libraries, imported once: the kernel is forked from here before the
-    # notebook is read (npfl_course.worker.zygote), and shares them.
+    # torch, imported once: the kernel is forked from here before the notebook is read
+    # (npfl_course.worker.zygote), and shares it.
     _import_shared_libraries()
     zygote = fork_zygote(close=out.fds)
     # Not dumpable: the kernel (our uid) can neither ptrace us nor open /proc/<us>/fd, so

@@ -124,11 +124,11 @@ class Remote(Proxy):
 
     def __init__(self, calls: KernelCalls, marker: dict) -> None:
         super().__init__(calls, str(marker.get("name") or "object"))
-        self._number = int(marker.get("id", 0))
+        self.number = int(marker.get("id", 0))
         self._type, self._repr = str(marker.get("type"))[:200], str(marker.get("repr"))[:300]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._calls.call(str(self._number), args, kwargs, op="handle")
+        return self._calls.call(str(self.number), args, kwargs, op="handle")
 
     def __repr__(self) -> str:
         return f"<{self._type} in the student's kernel: {self._repr}>"
@@ -142,7 +142,7 @@ class Remote(Proxy):
         )
 
     def __reduce__(self):
-        return (agent.handle_lookup, (self._number,))
+        return (agent.handle_lookup, (self.number,))
 
 
 # -- from the kernel: plain data only ------------------------------------------------
@@ -536,7 +536,7 @@ class _RequestPickler(pickle.Pickler):
 
     def reducer_override(self, obj):  # noqa: C901 - one branch per kind
         if isinstance(obj, Remote):
-            return (agent.handle_lookup, (obj._number,))
+            return (agent.handle_lookup, (obj.number,))
         if isinstance(obj, StudentModule):
             return obj.npfl_reduce()
         if isinstance(obj, Proxy):
