@@ -483,13 +483,14 @@ def student_side(function):
     """Marks a helper of a locked cell that must run where the student's code runs.
 
     ``npfl-course autograde`` runs the test cells in a process of their own and calls the
-    student's functions in the student's kernel (see the course's docs/grading.md). A
-    test that must see the student's functions call each other (e.g. wrap the student's
-    ``sgd_step`` to record what ``train`` does) puts that in a helper in a locked setup
-    cell, marked with this decorator: the whole helper then runs in the student's kernel
-    and only its result comes back. What it returns is as trustworthy as the student's
-    own functions: check it in the test cell. In one process (JupyterLab, nbgrader's
-    Validate, plain ``nbgrader autograde``) the decorator changes nothing.
+    student's functions in the student's kernel (the course's README, "Test cells run out
+    of the student's reach"). A test that must see the student's functions call each
+    other (e.g. wrap the student's ``sgd_step`` to record what ``train`` does) puts that
+    in a helper in a locked setup cell, marked with this decorator: the whole helper
+    then runs in the student's kernel and only its result comes back. What it returns
+    is as trustworthy as the student's own functions: check it in the test cell. In one
+    process (JupyterLab, nbgrader's Validate, plain ``nbgrader autograde``) the
+    decorator changes nothing.
 
     Returns:
         The same function, marked.

@@ -21,11 +21,13 @@ their name) with the kernel's traceback. Comparisons, time limits (the kernel is
 interrupted from here) and so the points are decided here only; the hidden tests never
 enter the kernel.
 
-What an assignment's test cells may do (see docs/grading.md, "Two processes"): pass
-data to the student's functions (tensors, numbers, strings, lists, tuples, dicts,
-generators, ``torch.nn`` modules; not open files or lambdas), expect back data of the
-same kinds (also ``torch.optim`` optimizers and numpy values); the student's objects of
-other classes arrive as :class:`Unreadable`.
+What an assignment's test cells may do is in the README ("Test cells run out of the
+student's reach"): pass data to the student's functions (tensors, numbers, strings,
+lists, tuples, dicts, generators, modules; not open files, lambdas or what a test cell
+defines) and expect back the same, torch's modules and optimizers and numpy values. The
+student's own callables stay in the kernel (:class:`Remote`), a module of the student's
+own class arrives as a :class:`StudentModule` whose forward and backward run there, any
+other object of the student's class as :class:`Unreadable`.
 """
 
 from __future__ import annotations
