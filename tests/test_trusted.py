@@ -201,6 +201,9 @@ STUDENT = textwrap.dedent("""
 
     def make_net():
         return Net()
+
+    def touch(items):
+        items[0].add_(1)
 """)
 TESTS = textwrap.dedent("""
     weight = torch.nn.Parameter(torch.zeros(2, 3))
@@ -257,6 +260,12 @@ TESTS = textwrap.dedent("""
     replace_entries(params)
     assert params["w"] is not w and params["w"].tolist() == [1.0, 1.0] and w.tolist() == [0, 0]
 
+    # A list's entries that cannot come back (an object of the setup's class) stay.
+    holder = Holder()
+    box = [torch.zeros(2), holder, (1, 2)]
+    touch(box)
+    assert box[0].tolist() == [1.0, 1.0] and box[1] is holder and box[2] == (1, 2)
+
     # The student's own callables and modules: called, trained and copied from here.
     loss_fn = make_loss(3.0)
     x = torch.ones(2, requires_grad=True)
@@ -284,7 +293,11 @@ TESTS = textwrap.dedent("""
 def test_calls_carry_arguments_results_state_and_errors(tmp_path):
     notebook = tiny_source()
     notebook.cells = [
-        source_cell("readonly", "setup", "import torch\nfrom npfl_lib.grading import time_limit"),
+        source_cell(
+            "readonly",
+            "setup",
+            "import torch\nfrom npfl_lib.grading import time_limit\n\n\nclass Holder:\n    pass",
+        ),
         source_cell("solution", "answers", STUDENT),
         source_cell("test", "test_calls", TESTS, 1),
         source_cell("test", "test_time", "with time_limit(1):\n    spins()", 1),

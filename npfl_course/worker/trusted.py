@@ -268,12 +268,32 @@ class Receiver:
                 with contextlib.suppress(Exception):
                     original.set_state(state["state"])
             elif type(original) is list and kind == "list":
-                original[:] = [self.receive(item) for item in state.get("items") or []]
+                raw = state.get("items") or []
+                olds = list(original) + [_MISSING] * max(len(raw) - len(original), 0)
+                original[:] = [self._item(old, new) for old, new in zip(olds, raw, strict=False)]
             elif type(original) is dict and kind == "dict":
-                items = [(self.receive(k), self.receive(v)) for k, v in state.get("items") or []]
-                original.clear()
+                items = [(self.receive(k), v) for k, v in state.get("items") or []]
+                new_items = {}
                 with contextlib.suppress(TypeError):
-                    original.update(items)
+                    new_items = {k: self._item(original.get(k, _MISSING), v) for k, v in items}
+                original.clear()
+                original.update(new_items)
+
+    def _item(self, old: Any, new: Any) -> Any:
+        """An entry of a list or dict argument after the call: the test's own object where
+        the kernel's is its counterpart, or could not come back (an object the grader
+        cannot rebuild, which the call is taken not to have replaced), or is equal to it
+        (a number, a string); else what came back."""
+        received = self.receive(new)
+        if old is _MISSING or received is old:
+            return received
+        if _marker(new) in ("opaque", "handle") or isinstance(received, Unreadable):
+            return old
+        if type(received) is type(old) and isinstance(old, (int, float, str, bytes, tuple)):
+            with contextlib.suppress(Exception):
+                if received == old:
+                    return old
+        return received
 
     def _tensor(self, original, decoded, grad) -> None:
         with torch.no_grad():
