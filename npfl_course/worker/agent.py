@@ -22,6 +22,7 @@ import base64
 import contextlib
 import io
 import pickle
+import signal
 import sys
 import time
 from typing import Any
@@ -460,6 +461,14 @@ def _error(exc: BaseException) -> dict:
     }
 
 
+def _ignore_interrupts() -> None:
+    """The grader repeats its interrupt until one reaches the student's code (one that
+    arrives in ``os.fork``'s hooks is lost); those that come after it must not break this
+    call's reply. ipykernel puts its own handler back after the request."""
+    with contextlib.suppress(ValueError):  # not the main thread
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def call(request: str) -> None:
     """Runs one call of the grader's (see the module docstring); the reply waits in
     :func:`reply`."""
@@ -502,6 +511,8 @@ def call(request: str) -> None:
                 outcome = {"ok": True, "value": value}
             except BaseException as exc:  # noqa: BLE001 - SystemExit, KeyboardInterrupt too
                 outcome = {"ok": False, "error": _error(exc)}
+            finally:
+                _ignore_interrupts()
     except BaseException as exc:  # noqa: BLE001 - forbid's exit: a swallowed forbidden call
         outcome = {"ok": False, "error": _error(exc)}
     seconds = time.perf_counter() - started if "started" in locals() else 0.0
