@@ -1,16 +1,18 @@
 """The student's kernel's end of the grader's calls (see :mod:`npfl_course.worker.trusted`).
 
 The test cells run in the worker, not in the student's kernel; where they call a
-student's function, the worker sends the call here as an ``execute_request`` whose code
-is ``AGENT.call('<base64>')``: the request is a pickle made by the worker (trusted data:
-unpickling it here is safe), holding the function's name, its arguments, the grader's
-random state, default dtype and grad mode, and the targets of the active
-:func:`npfl_lib.grading.forbid` blocks. The function runs at the top of that request, so
-what it prints, warns or displays reaches JupyterLab's output as from any cell; the
-reply (:func:`reply`, read as a ``user_expression``) is ``torch.save`` of plain data,
-which the worker reads with ``torch.load(weights_only=True)``: the outcome (the result,
-or the error's class, message and traceback), the arguments after the call (for changes
-made in place) and the random state after it.
+student's function, the worker sends the call here as a message of a Jupyter comm
+(:func:`listen` registers its target; the comm's messages are handled as the kernel's
+requests are, between its cells): the request is a pickle made by the worker (trusted
+data: unpickling it here is safe), holding the function's name, its arguments, the
+grader's random state, default dtype and grad mode, and the targets of the active
+:func:`npfl_lib.grading.forbid` blocks. What the function prints, warns or displays
+reaches JupyterLab's output as from any cell; the reply, a binary buffer of the comm's
+answer, is ``torch.save`` of plain data, which the worker reads with
+``torch.load(weights_only=True)``: the outcome (the result, or the error's class, message
+and traceback), the arguments after the call (for changes made in place) and the random
+state after it. (A comm message costs the kernel a fraction of an ``execute_request``,
+whose code ipykernel hashes in pure Python: milliseconds for a call with a tensor.)
 
 Nothing here is a defence: the student's code can replace this module's functions, and
 then the worker reads whatever comes back as data, never as code.
@@ -18,7 +20,6 @@ then the worker reads whatever comes back as data, never as code.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import io
 import pickle
@@ -32,7 +33,9 @@ MAX_ITEMS = 1_000_000  # containers' items in a result
 # Modules whose nn.Module and Optimizer classes the grader can rebuild (it imports them).
 TRUSTED_CLASS_ROOTS = ("torch", "npfl_lib")
 
-_state: dict[str, Any] = {"reply": None}
+TARGET = "npfl-course-grader"  # the comm's target name
+
+_state: dict[str, Any] = {}
 
 
 class _Text:
@@ -60,22 +63,40 @@ def lookup(name: str) -> Any:
     return namespace[name]
 
 
-def describe(names: list[str]) -> _Text:
+def describe(names: list[str]) -> dict[str, str]:
     """Which of ``names`` the student's namespace binds: ``{name: "callable" | "value"}``."""
-    import json
-
     namespace = _namespace()
     found = {}
     for name in names:
         if isinstance(name, str) and name in namespace:
             found[name] = "callable" if callable(namespace[name]) else "value"
-    return _Text(json.dumps(found))
+    return found
 
 
-def reply() -> _Text:
-    """The last call's reply, base64 text (read once)."""
-    text, _state["reply"] = _state["reply"], None
-    return _Text(text or "")
+def listen() -> _Text:
+    """Registers the comm target whose messages are the grader's requests."""
+    from IPython import get_ipython
+
+    get_ipython().kernel.comm_manager.register_target(TARGET, _opened)
+    return _Text("listening")
+
+
+def _opened(comm: Any, message: dict) -> None:
+    comm.on_msg(lambda request: _answer(comm, request))
+
+
+def _answer(comm: Any, request: dict) -> None:
+    """One request of the grader: ``describe`` (names in the data) or ``call`` (the
+    pickle in the buffer); the answer goes back on the comm."""
+    data = request.get("content", {}).get("data") or {}
+    try:
+        if data.get("op") == "describe":
+            comm.send({"found": describe(list(data.get("names") or []))})
+        else:
+            comm.send({"op": "call"}, buffers=[call(bytes(request["buffers"][0]))])
+    except BaseException as exc:  # noqa: BLE001 - the grader reads the failure
+        _ignore_interrupts()
+        comm.send({"failed": f"{type(exc).__name__}: {exc}"[:2000]})
 
 
 def ambient() -> dict:
@@ -469,13 +490,11 @@ def _ignore_interrupts() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def call(request: str) -> None:
-    """Runs one call of the grader's (see the module docstring); the reply waits in
-    :func:`reply`."""
+def call(request: bytes) -> bytes:
+    """Runs one call of the grader's (see the module docstring); returns the reply."""
     import torch
 
-    _state["reply"] = None
-    message = pickle.loads(base64.b64decode(request))  # noqa: S301 - made by the grader
+    message = pickle.loads(request)  # noqa: S301 - made by the grader
     args, kwargs = message["args"], message["kwargs"]
     received = reachable([args, kwargs])
     outcome: dict[str, Any]
@@ -542,4 +561,4 @@ def call(request: str) -> None:
         }
         buffer = io.BytesIO()
         torch.save(answer, buffer)
-    _state["reply"] = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return buffer.getvalue()

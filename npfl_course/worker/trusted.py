@@ -33,13 +33,11 @@ other object of the student's class as :class:`Unreadable`.
 from __future__ import annotations
 
 import ast
-import base64
 import builtins
 import collections
 import contextlib
 import copy
 import io
-import json
 import os
 import pickle
 import queue
@@ -48,6 +46,7 @@ import sys
 import time
 import traceback
 import types
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -56,7 +55,7 @@ import torch
 from npfl_course.worker import agent
 
 AGENT = "__import__('npfl_course.worker.agent', fromlist=['call'])"
-MAX_REPLY_CHARS = 512 << 20  # base64 of one call's reply
+MAX_REPLY_BYTES = 384 << 20  # one call's reply
 DRAIN_SECONDS = 10  # after an interrupt, how long the kernel has to answer
 OUTPUT_TYPES = (
     "stream",
@@ -187,12 +186,11 @@ def allowed_globals() -> list[Any]:
     return _allowed
 
 
-def decode(text: str) -> dict:
-    """A reply (base64 of ``torch.save``) as data; raises ValueError when it is not one."""
-    if len(text) > MAX_REPLY_CHARS:
-        raise ValueError(f"the reply is larger than {MAX_REPLY_CHARS >> 20} MiB")
+def decode(data: bytes) -> dict:
+    """A reply (``torch.save``) as data; raises ValueError when it is not one."""
+    if len(data) > MAX_REPLY_BYTES:
+        raise ValueError(f"the reply is larger than {MAX_REPLY_BYTES >> 20} MiB")
     try:
-        data = base64.b64decode(text.encode("ascii"), validate=True)
         with torch.serialization.safe_globals(allowed_globals()):
             reply = torch.load(io.BytesIO(data), weights_only=True, map_location=None)
     except Exception as exc:  # noqa: BLE001 - anything the kernel sent that is not a reply
@@ -582,11 +580,11 @@ class _RequestPickler(pickle.Pickler):
         return NotImplemented
 
 
-def encode_request(message: dict, namespace: dict, shared: set[str]) -> str:
+def encode_request(message: dict, namespace: dict, shared: set[str]) -> bytes:
     """A call as the kernel unpickles it; ``shared``: the names the kernel has too."""
     buffer = io.BytesIO()
     _RequestPickler(buffer, namespace, shared).dump(message)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    return buffer.getvalue()
 
 
 def _materialized(value: Any) -> Any:
@@ -684,27 +682,58 @@ class KernelCalls:
         self.seconds = 0.0
         self.overhead = 0.0  # of self.seconds, spent outside the student's code
         self.last_rng: Any = None  # the random state both sides had after the last call
+        self.comm_id = ""
+        self.deadline = time.monotonic() + 60
+        try:
+            self._listen()
+        finally:
+            self.deadline = float("inf")
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.client.stop_channels()
 
     # one request
-    def _execute(self, code: str, expressions: dict, silent: bool) -> dict:
-        """Runs ``code`` in the kernel; its outputs go to ``emit``; the reply's content."""
+    def _listen(self) -> None:
+        """Opens the comm the calls travel on (:func:`agent.listen`)."""
+        self._drain()
+        msg_id = self.client.execute("", silent=True, store_history=False, allow_stdin=False,
+                                     user_expressions={"ok": f"{AGENT}.listen()"})  # fmt: skip
+        content = self._finish(msg_id, comm=False)
+        answer = ((content or {}).get("user_expressions") or {}).get("ok", {})
+        if answer.get("status") != "ok":
+            raise RuntimeError(f"the grader's agent did not start in the kernel: {answer}")
+        self.comm_id = uuid.uuid4().hex
+        content = {"comm_id": self.comm_id, "target_name": agent.TARGET, "data": {}}
+        opening = self.client.session.msg("comm_open", content)
+        self.client.shell_channel.send(opening)
+        self._finish(opening["header"]["msg_id"], comm=False, reply=False)
+
+    def _request(self, data: dict, payload: bytes | None = None) -> tuple[dict, bytes | None]:
+        """Sends one request on the comm; its outputs go to ``emit``; returns the answer's
+        data and buffer (after the kernel is idle again)."""
         if self.dead:
             raise DeadKernelError(f"the kernel died earlier: {self.dead}")
         self._drain()
-        msg_id = self.client.execute(
-            code,
-            silent=silent,
-            store_history=False,
-            user_expressions=expressions,
-            allow_stdin=False,
-            stop_on_error=False,
-        )
+        message = self.client.session.msg("comm_msg", {"comm_id": self.comm_id, "data": data})
+        buffers = [payload] if payload is not None else None
+        self.client.session.send(self.client.shell_channel.socket, message, buffers=buffers)
+        answer = self._finish(message["header"]["msg_id"], comm=True)
+        if not isinstance(answer, dict):
+            raise StudentError(
+                "the student's kernel did not answer the grader's call (its code closed or "
+                "replaced the grader's channel to the kernel?)"
+            )
+        content = answer.get("content", {})
+        found = content.get("data") if isinstance(content.get("data"), dict) else {}
+        buffers = answer.get("buffers") or []
+        return found, (bytes(buffers[0]) if buffers else None)
+
+    def _finish(self, msg_id: str, comm: bool, reply: bool = True) -> dict | None:
+        """Waits for the kernel to finish the request ``msg_id`` (see :meth:`_wait`),
+        interrupting it when the time is up."""
         try:
-            return self._wait(msg_id)
+            return self._wait(msg_id, comm, reply)
         except BaseException:
             # The cell's timer waits until the kernel has stopped (it fires after).
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
@@ -727,24 +756,27 @@ class KernelCalls:
                 except zmq.Again:
                     break
 
-    def _wait(self, msg_id: str) -> dict:
-        """The reply to ``msg_id``, once the kernel is idle again; its outputs are emitted.
+    def _wait(self, msg_id: str, comm: bool, reply: bool = True) -> dict | None:
+        """Once the kernel is idle after ``msg_id``: its answer on the comm (``comm``; the
+        message, None if none came) or its reply's content (None if ``reply`` is false);
+        its outputs are emitted meanwhile.
 
         The channels' sockets are polled together and read directly (the client's own
         getters hop to a thread for every message, which cost milliseconds per call)."""
         import zmq
 
         iopub, shell = self.client.iopub_channel, self.client.shell_channel
-        reply, replied, idle, checked = None, 0.0, False, time.monotonic()
-        while reply is None or not idle:
+        answer, idle, replied, checked = None, False, None, time.monotonic()
+        shell_reply = reply and not comm
+        while not idle or (shell_reply and replied is None):
             now = time.monotonic()
             if now > self.deadline:
                 raise CellTimeoutError(self.timeout_message)
             if now - checked > 0.5:
                 checked = now
                 self._check_alive()
-            if reply is not None and now - replied > DRAIN_SECONDS:
-                break  # the reply came; its last outputs did not: do not wait forever
+            if replied is not None and now - replied > DRAIN_SECONDS:
+                break  # the reply came; the kernel did not go idle: do not wait forever
             ready = dict(self.poller.poll(100))
             if ready.get(iopub.socket) == zmq.POLLIN:
                 for msg in _ready_messages(iopub):
@@ -753,13 +785,16 @@ class KernelCalls:
                     kind = msg["msg_type"]
                     if kind == "status" and msg["content"].get("execution_state") == "idle":
                         idle = True
+                    elif kind == "comm_msg" and comm and answer is None:
+                        if msg["content"].get("comm_id") == self.comm_id:
+                            answer = msg
                     elif kind in OUTPUT_TYPES:
                         self.emit(_as_display(msg))
             if ready.get(shell.socket) == zmq.POLLIN:
                 for msg in _ready_messages(shell):
-                    if reply is None and msg["parent_header"].get("msg_id") == msg_id:
-                        reply, replied = msg["content"], time.monotonic()
-        return reply
+                    if replied is None and msg["parent_header"].get("msg_id") == msg_id:
+                        answer, replied = msg["content"], time.monotonic()
+        return answer
 
     def _ambient(self) -> dict:
         """:func:`agent.ambient`, without the random state when the last call left it as
@@ -791,26 +826,36 @@ class KernelCalls:
             raise DeadKernelError(f"the kernel died: {self.dead}")
 
     def _stop(self, msg_id: str) -> None:
-        """After an error while waiting (a time limit): interrupts the kernel until the
-        call has stopped; a kernel that does not stop within DRAIN_SECONDS is killed."""
+        """After an error while waiting (a time limit): interrupts the kernel until it
+        is idle after the request; a kernel that does not stop within DRAIN_SECONDS is
+        killed."""
+        import zmq
+
         pid = self.kernel_pid()
         if pid is None or self.dead:
             return
         self.before_interrupt()
         start = time.monotonic()
+        iopub = self.client.iopub_channel
         while time.monotonic() < start + DRAIN_SECONDS:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGINT)
-            try:
-                msg = self.client.shell_channel.get_msg(timeout=_interrupt_pause(start))
-            except queue.Empty:
+            if (
+                dict(self.poller.poll(int(_interrupt_pause(start) * 1000))).get(iopub.socket)
+                != zmq.POLLIN
+            ):
                 if self.kernel_pid() is None:
                     self.dead = "it died while the call was interrupted"
                     return
                 continue
-            if msg["parent_header"].get("msg_id") == msg_id:
-                self.after_interrupt()
-                return
+            for msg in _ready_messages(iopub):
+                if (
+                    msg["parent_header"].get("msg_id") == msg_id
+                    and msg["msg_type"] == "status"
+                    and msg["content"].get("execution_state") == "idle"
+                ):
+                    self.after_interrupt()
+                    return
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
         self.dead = "it ignored the interrupt after the time limit and was killed"
@@ -818,12 +863,7 @@ class KernelCalls:
     # the operations
     def describe(self, names: list[str]) -> dict[str, str]:
         """``{name: "callable" | "value"}`` for those of ``names`` the student bound."""
-        content = self._execute("", {"names": f"{AGENT}.describe({sorted(names)!r})"}, True)
-        answer = (content.get("user_expressions") or {}).get("names", {})
-        try:
-            found = json.loads(answer.get("data", {}).get("text/plain", ""))
-        except (ValueError, TypeError):
-            return {}
+        found = self._request({"op": "describe", "names": sorted(names)})[0].get("found")
         if not isinstance(found, dict):
             return {}
         return {k: v for k, v in found.items() if k in names and v in ("callable", "value")}
@@ -854,25 +894,16 @@ class KernelCalls:
                 f"the grader cannot pass the arguments of {name}() to the student's kernel: {exc}"
             ) from None
         try:
-            content = self._execute(
-                f"{AGENT}.call({request!r})", {"reply": f"{AGENT}.reply()"}, True
-            )
+            answer, payload = self._request({"op": "call"}, request)
         finally:
             self.calls += 1
             self.seconds += time.monotonic() - start
-        text = ((content.get("user_expressions") or {}).get("reply") or {}).get("data", {})
+        if payload is None:
+            failed = answer.get("failed")
+            raise StudentError(f"{name}(): the call failed in the student's kernel: {failed}")
         try:
-            reply = decode(text.get("text/plain", "") if isinstance(text, dict) else "")
+            reply = decode(payload)
         except ValueError as exc:
-            if content.get("status") == "error":
-                raise remote_exception(
-                    {
-                        "module": "builtins",
-                        "name": str(content.get("ename")),
-                        "message": str(content.get("evalue")),
-                        "traceback": content.get("traceback"),
-                    }
-                ) from None
             raise TypeError(f"{name}(): {exc}") from None
         with contextlib.suppress(Exception):
             agent.set_ambient(reply["ambient"])
