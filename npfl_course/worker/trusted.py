@@ -666,12 +666,12 @@ class KernelCalls:
         self.client = BlockingKernelClient()
         self.client.load_connection_info(connection)
         self.client.start_channels()
-        self.client.wait_for_ready(timeout=60)
         import zmq
 
         self.poller = zmq.Poller()
         self.poller.register(self.client.iopub_channel.socket, zmq.POLLIN)
         self.poller.register(self.client.shell_channel.socket, zmq.POLLIN)
+        self._connect()
         self.emit, self.kernel_pid = emit, kernel_pid
         self.before_interrupt, self.after_interrupt = before_interrupt, after_interrupt
         self.namespace: dict = {}
@@ -694,6 +694,24 @@ class KernelCalls:
             self.client.stop_channels()
 
     # one request
+    def _connect(self, seconds: float = 60) -> None:
+        """Returns once the iopub channel hears the kernel (a ZeroMQ subscriber misses
+        what was published before it connected). The kernel is running already (nbclient
+        waited for it); jupyter_client's ``wait_for_ready`` would cost 0.2 s more."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            msg_id = self.client.kernel_info()
+            ask_again = time.monotonic() + 0.5
+            while time.monotonic() < ask_again:
+                self.poller.poll(50)
+                _ready_messages(self.client.shell_channel)  # the replies: not needed
+                if any(
+                    msg["parent_header"].get("msg_id") == msg_id
+                    for msg in _ready_messages(self.client.iopub_channel)
+                ):
+                    return
+        raise RuntimeError(f"the kernel did not answer the grader within {seconds:g} s")
+
     def _listen(self) -> None:
         """Opens the comm the calls travel on (:func:`agent.listen`)."""
         self._drain()
