@@ -261,12 +261,36 @@ def _resolve(target: str) -> Any:
     raise ValueError(f"forbid target {target!r} does not name a module or a callable")
 
 
-def _public_callables(module: types.ModuleType) -> Iterator[tuple[str, Any]]:
-    """Every public callable defined in ``module`` or its loaded submodules (BFS)."""
+# Module name -> (the modules walked, their sizes, the callables found): forbid runs
+# around every call the grader makes, and walking npfl_lib takes about a millisecond.
+_callables_cache: dict[str, tuple[list[types.ModuleType], list[int], list]] = {}
+
+
+def _public_callables(module: types.ModuleType) -> list[tuple[str, Any]]:
+    """Every public callable defined in ``module`` or its loaded submodules (BFS); the
+    last answer again while none of those modules gained or lost a name (not inside a
+    forbid block, whose replacements hide what they replace)."""
+    if _TARGETS:
+        return list(_walk_public_callables(module, []))
+    cached = _callables_cache.get(module.__name__)
+    if cached is not None and all(
+        len(vars(m)) == size for m, size in zip(cached[0], cached[1], strict=True)
+    ):
+        return cached[2]
+    walked: list[types.ModuleType] = []
+    found = list(_walk_public_callables(module, walked))
+    _callables_cache[module.__name__] = (walked, [len(vars(m)) for m in walked], found)
+    return found
+
+
+def _walk_public_callables(
+    module: types.ModuleType, walked: list[types.ModuleType]
+) -> Iterator[tuple[str, Any]]:
     root = module.__name__
     queue, seen = [module], {root}
     while queue:
         current = queue.pop(0)
+        walked.append(current)
         for attr, value in sorted(vars(current).items()):
             if attr.startswith("_"):
                 continue
@@ -288,7 +312,7 @@ def _expand(target: str) -> list[tuple[str, Any]]:
         return [(name, _resolve(name)) for name in _AUTOGRAD]
     obj = _resolve(target)
     if isinstance(obj, types.ModuleType):
-        return list(_public_callables(obj))
+        return _public_callables(obj)
     if not callable(obj):
         raise ValueError(f"forbid target {target!r} is not callable")
     return [(target, obj)]
