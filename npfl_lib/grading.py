@@ -242,15 +242,24 @@ def _raiser(name: str):
     return forbidden
 
 
+_not_modules: set[str] = set()  # dotted names whose import failed
+
+
 def _resolve(target: str) -> Any:
     """Imports the longest importable prefix of ``target`` and walks the attributes."""
     if not isinstance(target, str) or not target:
         raise TypeError(f"forbid targets must be dotted names (str), got {target!r}")
     parts = target.split(".")
     for cut in range(len(parts), 0, -1):
+        name = ".".join(parts[:cut])
+        if name in _not_modules:
+            continue
         try:
-            obj = importlib.import_module(".".join(parts[:cut]))
+            obj = importlib.import_module(name)
         except ImportError:
+            # A failed import searches sys.path again each time: remembered (forbid runs
+            # around every call the grader makes). Installing a module later is no use.
+            _not_modules.add(name)
             continue
         try:
             for attr in parts[cut:]:
