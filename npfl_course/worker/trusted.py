@@ -890,9 +890,17 @@ class KernelCalls:
         self, name: str, args: tuple, kwargs: dict, op: str = "call", extra: Any = None
     ) -> Any:
         """``name(*args, **kwargs)`` in the kernel (``op="get"``: the value of ``name``)."""
+        start = time.monotonic()
+        try:
+            return self._call(start, name, args, kwargs, op, extra)
+        finally:
+            self.calls += 1
+            self.seconds += time.monotonic() - start
+
+    def _call(self, start: float, name: str, args: tuple, kwargs: dict, op: str,
+              extra: Any) -> Any:  # fmt: skip
         from npfl_lib.grading import active_forbidden
 
-        start = time.monotonic()
         args = tuple(_materialized(a) for a in args)
         kwargs = {k: _materialized(v) for k, v in kwargs.items()}
         originals = agent.reachable([args, kwargs])
@@ -911,11 +919,7 @@ class KernelCalls:
             raise TypeError(
                 f"the grader cannot pass the arguments of {name}() to the student's kernel: {exc}"
             ) from None
-        try:
-            answer, payload = self._request({"op": "call"}, request)
-        finally:
-            self.calls += 1
-            self.seconds += time.monotonic() - start
+        answer, payload = self._request({"op": "call"}, request)
         if payload is None:
             failed = answer.get("failed")
             raise StudentError(f"{name}(): the call failed in the student's kernel: {failed}")
