@@ -124,6 +124,33 @@ def test_the_hidden_tests_cannot_be_read_from_a_student_cell(tmp_path):
     assert "FOUND [] CONTROL ['memory']" in results[False], results[False]
 
 
+# Drops the first 100 interrupts, as a loop around os.fork at its process limit drops
+# almost all of them (they arrive in fork's Python hooks, which ignore the error).
+MOSTLY_DEAF = textwrap.dedent("""
+    def mostly_deaf():
+        dropped = 0
+        while True:
+            try:
+                while True:
+                    pass
+            except KeyboardInterrupt:
+                dropped += 1
+                if dropped >= 100:
+                    raise
+""")
+
+
+def test_a_call_that_drops_most_interrupts_is_stopped_and_the_kernel_kept(tmp_path):
+    notebook = _tiny("full", MOSTLY_DEAF, after="setup")
+    index = next(i for i, c in enumerate(notebook.cells) if c.source == MOSTLY_DEAF)
+    notebook.cells.insert(index + 1, source_cell("test", "test_deaf", "mostly_deaf()", 1))
+    executed = _run(tmp_path, notebook, cell_seconds=5)
+    assert _passed(executed) == {"test_add": True, "test_deaf": False, "test_mul": True,
+                                 "test_square": True}  # fmt: skip
+    errors = [o for c in executed["cells"] for o in c["outputs"] if o["output_type"] == "error"]
+    assert [e["ename"] for e in errors] == ["CellTimeoutError"], errors
+
+
 def test_honest_and_partial_answers_keep_their_scores(tmp_path):
     assert _passed(_run(tmp_path, _tiny("full"))) == dict.fromkeys(
         ("test_add", "test_mul", "test_square"), True)  # fmt: skip
