@@ -363,9 +363,17 @@ class GradingClient(NotebookClient):
             kernel_pid=self._live_kernel_pid,
             before_interrupt=self._before_interrupt,
             after_interrupt=self._after_timeout,
+            also_drain=self._iopub_shadow(),
         )
         self.trusted = trusted.TrustedCells(self.calls)
         self.student_names, self.setup_cells = _student_names_and_setup(self.nb.cells)
+
+    def _iopub_shadow(self) -> list:
+        """nbclient's iopub socket, as a synchronous socket (see trusted.KernelCalls)."""
+        import zmq
+
+        socket = getattr(getattr(self.kc, "iopub_channel", None), "socket", None)
+        return [zmq.Socket.shadow(socket.underlying)] if socket is not None else []
 
     def _live_kernel_pid(self) -> int | None:
         process = self._kernel_process()

@@ -651,6 +651,10 @@ class KernelCalls:
         kernel_pid (callable): The kernel's PID now (None once dead).
         before_interrupt, after_interrupt (callable): The driver's care for a kernel
             stopped mid-call (processes the call left behind).
+        also_drain (list): Other subscribers of the kernel's iopub channel (nbclient's,
+            as synchronous ZeroMQ sockets), emptied before each request: what the calls
+            publish reaches them too, and one left to fill up would have ZeroMQ drop the
+            next cell's messages (nbclient then never sees that cell finish).
     """
 
     def __init__(
@@ -660,6 +664,7 @@ class KernelCalls:
         kernel_pid: Callable[[], int | None],
         before_interrupt: Callable[[], None] = lambda: None,
         after_interrupt: Callable[[], None] = lambda: None,
+        also_drain: list | None = None,
     ) -> None:
         from jupyter_client.blocking.client import BlockingKernelClient
 
@@ -674,6 +679,7 @@ class KernelCalls:
         self._connect()
         self.emit, self.kernel_pid = emit, kernel_pid
         self.before_interrupt, self.after_interrupt = before_interrupt, after_interrupt
+        self.also_drain = list(also_drain or [])
         self.namespace: dict = {}
         self.shared: set[str] = set()  # names bound in the kernel too (setup, the student's)
         self.deadline = float("inf")
@@ -766,8 +772,9 @@ class KernelCalls:
         outputs, which the driver keeps): a full queue would drop this call's messages."""
         import zmq
 
-        for channel in (self.client.iopub_channel, self.client.shell_channel):
-            socket = getattr(channel, "socket", None)
+        sockets = [getattr(c, "socket", None)
+                   for c in (self.client.iopub_channel, self.client.shell_channel)]  # fmt: skip
+        for socket in sockets + self.also_drain:
             while socket is not None:
                 try:
                     socket.recv_multipart(zmq.NOBLOCK)
