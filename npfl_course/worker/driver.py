@@ -162,6 +162,7 @@ class GradingClient(NotebookClient):
         self.student_names: set[str] = set()
         self.setup_cells: set[int] = set()
         self._interrupter: asyncio.Future | None = None
+        self._interrupted = False  # the running cell ran out of time (nbclient's timeout)
         self.cells_run = 0
         self.pid = os.getpid()
         # What the current cell and the notebook have kept; rich data per cell index, since
@@ -175,6 +176,7 @@ class GradingClient(NotebookClient):
         # A cell spending its time in fork() (a fork bomb) never sees the interrupt: Python
         # ignores errors in fork's hooks. So the kernel may not start processes until the
         # cell has stopped.
+        self._interrupted = True
         kernel = self._kernel_pid()
         _set_process_limit(kernel, 0)
         # Its children (a fork bomb's copies of the kernel) would get the interrupt too.
@@ -444,9 +446,17 @@ class GradingClient(NotebookClient):
 
     async def _run_cell(self, index: int, cell: NotebookNode) -> bool:
         """Runs one cell; True when no further cell may run."""
+        self._interrupted = False
         try:
             await self.async_execute_cell(cell, index, store_history=True)
         except CellTimeoutError:  # no answer to the interrupts either
+            if not self._interrupted:
+                # The kernel replied within the limit, but the cell's iopub messages
+                # (outputs, idle) did not come: ours to explain, not the student's.
+                raise WorkerError(
+                    f"cell {index}: the kernel replied, but its outputs did not reach the "
+                    "grader (iopub messages lost); the grader cannot tell what it printed"
+                ) from None
             self._stop_interrupting()
             _kill_descendants(keep=set())
             error = f"{self._timeout_message()} and ignored the interrupt"
