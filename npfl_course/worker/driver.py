@@ -449,7 +449,7 @@ class GradingClient(NotebookClient):
         self._interrupted = False
         try:
             await self.async_execute_cell(cell, index, store_history=True)
-        except CellTimeoutError:  # no answer to the interrupts either
+        except CellTimeoutError:  # no answer to the interrupts, or no iopub after the reply
             if not self._interrupted:
                 # The kernel replied within the limit, but the cell's iopub messages
                 # (outputs, idle) did not come: ours to explain, not the student's.
