@@ -51,3 +51,23 @@ c.GenerateFeedback.preprocessors = [
 ]
 # True: the feedback shows the test cells' full code and tracebacks, hidden tests included.
 c.NpflFeedback.show_hidden_tests = False
+
+# While `npfl-course autograde` grades an assignment, the student's kernel cannot read
+# these modules of npfl_lib (Linux's Landlock makes their files unreadable): a submission
+# can neither call nor copy the reference solutions it is asked to write. The test cells
+# run outside the kernel and keep them. An import of a hidden module still works in the
+# kernel; using it raises ForbiddenCallError. "npfl_lib": all of it but npfl_lib.grading.
+# The kernel keeps what the locked cells and honest solutions use (data sets, Trainer).
+c.NpflAutograde.hidden_modules = {
+    "losses_and_gradients": ["npfl_lib"],
+    "regularization": ["npfl_lib"],
+    "optimizers": ["npfl_lib"],
+    "init_and_clipping": ["npfl_lib"],
+    "manual_backprop": [
+        "npfl_lib.manual", "npfl_lib.functional", "npfl_lib.nn", "npfl_lib.optim",
+        "npfl_lib.init", "npfl_lib.clip", "npfl_lib.metrics", "npfl_lib.trainer",
+        "npfl_lib.ensemble",
+    ],
+    "ensembling": ["npfl_lib.ensemble", "npfl_lib.metrics"],
+    "regularized_training": ["npfl_lib.optim.groups"],
+}

@@ -43,6 +43,8 @@ class Execution:
         require_sandbox (bool): Refuse to run without bubblewrap (not ``--no-sandbox``).
         assignment (str): The assignment's digest: which assignment a worker's checks
             were made for (:func:`npfl_course.autograde.preflight.assignment_digest`).
+        hidden (tuple): Modules the student's kernel cannot read
+            (``c.NpflAutograde.hidden_modules``).
     """
 
     name: str
@@ -53,6 +55,7 @@ class Execution:
     env: dict[str, str]
     require_sandbox: bool = True
     assignment: str = ""
+    hidden: tuple[str, ...] = ()
 
     @property
     def size(self) -> int:

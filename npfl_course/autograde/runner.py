@@ -62,8 +62,10 @@ from npfl_course.sandbox import (
 )
 from npfl_course.worker import (
     META_KEY,
+    HidingError,
     ResultChannel,
     build_matplotlib_cache,
+    check_hideable,
     copy_matplotlib_cache,
     worker_command,
 )
@@ -129,6 +131,7 @@ class Autograder:
         self.limits = limits or settings.limits()
         self.unsandboxed = unsandboxed
         self.preflight = settings.preflight if preflight is None else preflight
+        self.hidden = settings.hidden(assignment)
         self.executions = 0  # sandboxed notebook runs, for the tests' exactly-once check
         self._names: list[str] | None = None  # the assignment's notebooks
         threads = str(max(1, (os.cpu_count() or 1) // self.jobs))
@@ -285,7 +288,7 @@ class Autograder:
             others = tuple(entry for entry in files[0] if entry[0] != f"{name}.ipynb")
             task = Execution(name, worker_input(job.prepared[name]), others, files[1],
                              self.limits, self.env, not self.unsandboxed,
-                             self.assignment_digest)  # fmt: skip
+                             self.assignment_digest, self.hidden)  # fmt: skip
             self.executions += 1
             done = self.run_execution(task, job)
             job.results[name] = (done.executed, done.result)
@@ -360,7 +363,8 @@ class Autograder:
         return Outcome(student, "failed", notes=[message + left])
 
     def check_isolation(self) -> tuple[str, str]:
-        """How student code will run here; raises when unsafe and not asked for."""
+        """How student code will run here; raises when unsafe and not asked for, and when
+        the modules the assignment hides cannot be hidden."""
         kind, description = isolation()
         if kind != "bwrap" and not self.unsandboxed:
             raise SandboxUnavailableError(
@@ -368,6 +372,14 @@ class Autograder:
                 "result with `npfl-course doctor`. To grade without isolation anyway "
                 "(only for code you trust), pass --no-sandbox."
             )
+        try:
+            check_hideable(self.hidden)
+        except HidingError as exc:
+            raise SandboxUnavailableError(
+                f"refusing to grade {self.assignment} (c.NpflAutograde.hidden_modules): {exc}"
+            ) from exc
+        if self.hidden:
+            description += f"; hidden from the kernel: {', '.join(self.hidden)} (Landlock)"
         return kind, description
 
     # -- the batch --------------------------------------------------------------------
@@ -471,7 +483,7 @@ def execute_notebook(task: Execution) -> Executed:
         limits = task.limits
         with ResultChannel() as channel:
             argv = worker_command(f"{task.name}.ipynb", channel, limits.cell_seconds,
-                                  limits.memory_mb, limits.disk_mb)  # fmt: skip
+                                  limits.memory_mb, limits.disk_mb, task.hidden)  # fmt: skip
             result = run_sandboxed(argv, workdir=workdir, limits=limits, env=task.env,
                                    require_sandbox=task.require_sandbox,
                                    pass_fds=channel.fds)  # fmt: skip

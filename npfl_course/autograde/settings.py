@@ -9,6 +9,7 @@ As nbgrader's own options::
     c.NpflAutograde.max_processes = 64
     c.NpflAutograde.preflight = True
     c.NpflAutograde.scheduler = "tcp://grader1:8786"  # a Dask scheduler: docs/scaling.md
+    c.NpflAutograde.hidden_modules = {"regularization": ["npfl_lib"]}  # see below
 
 The per-cell limit is nbgrader's ``c.Execute.timeout`` (also used by nbgrader's own
 autograde and Validate). The command line's flags (``--jobs``, ``--memory``, ``--disk``,
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import os
 
-from traitlets import Bool, Float, Integer, Unicode
+from traitlets import Bool, Dict, Float, Integer, List, Unicode
 from traitlets.config import Configurable
 
 from npfl_course.sandbox import Limits
@@ -65,6 +66,22 @@ class NpflAutograde(Configurable):
         help="A Dask scheduler's address (tcp://host:8786) or scheduler file (JSON) whose "
         "workers execute the notebooks (docs/scaling.md); empty: on this machine.",
     ).tag(config=True)
+
+    hidden_modules = Dict(
+        key_trait=Unicode(),
+        value_trait=List(Unicode()),
+        help="Per assignment, modules of npfl_lib that the student's kernel cannot read "
+        "while it is graded (their files are made unreadable with Linux's Landlock, so a "
+        "submission can neither call nor copy the reference solutions; the test cells, run "
+        "outside the kernel, keep them). 'npfl_lib' hides all of it but npfl_lib.grading. "
+        "An import of a hidden module works in the kernel; using it raises "
+        "ForbiddenCallError. Where Landlock is missing, such an assignment is not graded. "
+        "Example: {'regularization': ['npfl_lib']}.",
+    ).tag(config=True)
+
+    def hidden(self, assignment: str) -> tuple[str, ...]:
+        """The modules hidden from ``assignment``'s kernels."""
+        return tuple(self.hidden_modules.get(assignment, ()))
 
     def limits(self, cell_seconds: float | None = None) -> Limits:
         """The sandbox limits; the cell limit is ``cell_seconds``, else c.Execute.timeout."""

@@ -9,9 +9,13 @@ notebook under :func:`npfl_course.sandbox.run_sandboxed`. The parts:
 * :mod:`npfl_course.worker.trusted`: the test cells, run in the worker, the student's
   names as proxies; :mod:`npfl_course.worker.agent`: the kernel's end of their calls;
 * :mod:`npfl_course.worker.prepare`: loaded into the student's kernel before its first
-  cell (the course's packages from the installation only, preimported).
+  cell (the course's packages from the installation only, preimported);
+* :mod:`npfl_course.worker.zygote`: the kernel, forked from the worker;
+  :mod:`npfl_course.worker.hiding`: the modules it cannot read (an assignment's
+  references).
 """
 
+from npfl_course.worker.hiding import HidingError, check_hideable
 from npfl_course.worker.protocol import (
     EXIT_INTERNAL,
     MATPLOTLIB_CACHE,
@@ -27,12 +31,14 @@ from npfl_course.worker.protocol import (
 
 __all__ = [
     "EXIT_INTERNAL",
+    "HidingError",
     "MATPLOTLIB_CACHE",
     "META_KEY",
     "ResultChannel",
     "ResultWriter",
     "bound_names",
     "build_matplotlib_cache",
+    "check_hideable",
     "copy_matplotlib_cache",
     "is_trusted",
     "worker_command",

@@ -53,6 +53,7 @@ from nbclient.util import ensure_async  # noqa: E402
 from nbformat import NotebookNode, from_dict  # noqa: E402
 from nbformat.v4.rwbase import rejoin_lines  # noqa: E402
 
+from npfl_course.worker import hiding  # noqa: E402
 from npfl_course.worker.protocol import (  # noqa: E402
     EXIT_INTERNAL,
     MATPLOTLIB_CACHE,
@@ -701,9 +702,18 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run the test cells in the student's kernel too (as nbgrader does), not here",
     )
+    parser.add_argument(
+        "--hide",
+        default="",
+        metavar="MODULE,...",
+        help="modules the student's kernel cannot read (npfl_course.worker.hiding)",
+    )
     args = parser.parse_args(argv)
     if not args.cell_timeout > 0:
         parser.error(f"--cell-timeout must be positive, got {args.cell_timeout}")
+    hide = [name for name in args.hide.split(",") if name]
+    if hide and args.tests_in_kernel:
+        parser.error("--hide: the test cells in the kernel need the modules it hides")
     try:
         out = ResultWriter([int(fd) for fd in args.result_fds.split(",")])
     except (ValueError, OSError) as exc:
@@ -711,7 +721,16 @@ def main(argv: list[str] | None = None) -> int:
     # torch, imported once: the kernel is forked from here before the notebook is read
     # (npfl_course.worker.zygote), and shares it.
     _import_shared_libraries()
-    zygote = fork_zygote(close=out.fds)
+    try:
+        hiding.check_hideable(hide)
+    except hiding.HidingError as exc:
+        sys.stderr.write(f"npfl_course.worker: internal error: {exc}\n")
+        return EXIT_INTERNAL
+    zygote = fork_zygote(close=out.fds, hide=hide)
+    if hide and zygote is None:
+        sys.stderr.write(f"npfl_course.worker: internal error: cannot hide {args.hide}: "
+                         "the kernel could not be forked from the worker\n")  # fmt: skip
+        return EXIT_INTERNAL
     # Not dumpable: the kernel (our uid) can neither ptrace us nor open /proc/<us>/fd, so
     # the result descriptors stay out of its reach.
     with contextlib.suppress(Exception):

@@ -2,7 +2,8 @@
 
 The parent runs::
 
-    python -I -m npfl_course.worker IN.ipynb --result-fds A,B --cell-timeout S --memory-mb MB
+    python -I -m npfl_course.worker IN.ipynb --result-fds A,B --cell-timeout S --memory-mb MB \
+        [--hide MODULE,...]
 
 inside the sandbox, in a scratch folder holding only the submission's files (and
 :data:`MATPLOTLIB_CACHE`, which the worker moves out of the folder before any cell runs).
@@ -81,12 +82,16 @@ def is_trusted(cell: dict) -> bool:
 
 
 def worker_command(notebook: str, channel: ResultChannel, cell_seconds: float, memory_mb: int,
-                   disk_mb: int | None = None) -> list[str]:  # fmt: skip
+                   disk_mb: int | None = None,
+                   hide: tuple[str, ...] = ()) -> list[str]:  # fmt: skip
     """The worker's command line (run with the scratch folder as current directory); the
-    limits in MiB only word its error messages. Start it with ``pass_fds=channel.fds``."""
+    limits in MiB only word its error messages; ``hide``: modules the student's kernel
+    cannot read (:mod:`npfl_course.worker.hiding`). Start it with ``pass_fds=channel.fds``."""
     fds = ",".join(str(fd) for fd in channel.fds)
     command = [sys.executable, "-I", "-m", "npfl_course.worker", notebook, "--result-fds", fds,
                "--cell-timeout", f"{cell_seconds:g}", "--memory-mb", str(memory_mb)]  # fmt: skip
+    if hide:
+        command += ["--hide", ",".join(hide)]
     return command + (["--disk-mb", str(disk_mb)] if disk_mb is not None else [])
 
 

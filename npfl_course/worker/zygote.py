@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from jupyter_client.manager import AsyncKernelManager
@@ -72,14 +73,16 @@ class Zygote:
 
     Args:
         close (list[int]): Descriptors the child must not keep (the result channel's).
+        hide (list[str]): Modules the child makes unreadable to itself at once
+            (:func:`npfl_course.worker.hiding.hide`).
     """
 
-    def __init__(self, close: list[int]) -> None:
+    def __init__(self, close: list[int], hide: Sequence[str] = ()) -> None:
         read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child: never returns
             os.close(write_end)
-            _become_kernel(read_end, close)
+            _become_kernel(read_end, close, hide)
         os.close(read_end)
         self.pid, self.pipe = pid, write_end
 
@@ -102,17 +105,17 @@ class Zygote:
                 os.waitpid(self.pid, 0)
 
 
-def fork_zygote(close: list[int]) -> Zygote | None:
+def fork_zygote(close: list[int], hide: Sequence[str] = ()) -> Zygote | None:
     """A :class:`Zygote`, or None where forking is not safe or possible."""
     if not hasattr(os, "fork") or threading.active_count() != 1:
         return None
     try:
-        return Zygote(close)
+        return Zygote(close, hide)
     except OSError:
         return None
 
 
-def _become_kernel(pipe: int, close: list[int]) -> None:
+def _become_kernel(pipe: int, close: list[int], hide: Sequence[str]) -> None:
     """In the forked child: waits for the launch, then runs ipykernel; never returns."""
     status = 1
     try:
@@ -120,6 +123,10 @@ def _become_kernel(pipe: int, close: list[int]) -> None:
         for fd in close:
             with contextlib.suppress(OSError):
                 os.close(fd)
+        if hide:
+            from npfl_course.worker import hiding
+
+            hiding.hide(hide)
         chunks = []
         while chunk := os.read(pipe, 1 << 16):
             chunks.append(chunk)

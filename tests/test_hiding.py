@@ -1,0 +1,170 @@
+"""Modules hidden from the student's kernel while it is graded (issue 12):
+:mod:`npfl_course.worker.hiding`, ``c.NpflAutograde.hidden_modules``.
+
+The attack they stop: copies of the reference functions made with ``types.FunctionType``
+before ``forbid`` swaps the originals' code objects call the reference freely. Each
+attack is run twice, with the modules hidden and without (where it must work, which
+shows that the test would catch it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import nbformat
+import pytest
+from test_trusted import _passed, _text, _tiny
+from tiny_course import TINY_CONFIG, generated_tiny_course
+
+import npfl_lib
+from npfl_course.autograde import Autograder, SandboxUnavailableError
+from npfl_course.autograde.merge import MAX_EXECUTED_BYTES
+from npfl_course.course import load_course
+from npfl_course.worker import HidingError, ResultChannel, check_hideable, hiding, worker_command
+
+LANDLOCK = hiding.landlock_abi() >= 1
+needs_landlock = pytest.mark.skipif(not LANDLOCK, reason="this Linux kernel offers no Landlock")
+LIBRARY = os.path.dirname(os.path.realpath(npfl_lib.__file__))
+
+
+@pytest.mark.parametrize(
+    ("modules", "message"),
+    [
+        (["torch"], "only modules of npfl_lib can be hidden"),
+        (["npfl_lib.no_such_module"], "no such module"),
+        (["npfl_lib.grading"], "the student's kernel needs it"),
+    ],
+)
+def test_what_cannot_be_hidden_is_refused_by_name(modules, message):
+    with pytest.raises(HidingError, match=message) as error:
+        check_hideable(modules)
+    assert modules[0] in str(error.value)
+
+
+def test_hiding_npfl_lib_hides_all_its_files_but_the_grading_helpers():
+    if not LANDLOCK:
+        pytest.skip("this Linux kernel offers no Landlock")
+    files = check_hideable(["npfl_lib"])
+    assert os.path.join(LIBRARY, "functional", "dropout.py") in files
+    assert os.path.join(LIBRARY, "__init__.py") in files
+    assert not [f for f in files if os.path.basename(f).startswith("grading.")]
+    only = check_hideable(["npfl_lib.ensemble"])
+    assert os.path.join(LIBRARY, "ensemble.py") in only
+    assert all("ensemble" in os.path.basename(f) for f in only)
+
+
+# Run in a process of its own: Landlock cannot be undone, the import hook changes imports.
+KERNEL_SIDE = textwrap.dedent("""
+    import os, subprocess, sys
+    from npfl_course.worker import hiding
+    hiding.hide(sys.argv[1].split(","))
+    library = sys.argv[2]
+    def readable(path):
+        try:
+            open(path, "rb").read(1)
+        except PermissionError:
+            return False
+        return True
+    print("dropout.py", readable(os.path.join(library, "functional", "dropout.py")))
+    print("grading.py", readable(os.path.join(library, "grading.py")))
+    child = subprocess.run([sys.executable, "-c", "import torch, npfl_lib.functional"],
+                           capture_output=True, text=True)
+    print("child", "PermissionError" in child.stderr, "torch" not in child.stderr)
+    import npfl_lib.functional as F  # an import alone works
+    from npfl_lib.grading import ForbiddenCallError, check_close
+    from npfl_lib.functional import *  # noqa: F403 - and star imports nothing
+    try:
+        F.dropout(1.0)
+    except ForbiddenCallError as error:
+        print("call", error)
+    try:
+        F.dropout.__code__
+    except AttributeError:
+        print("no code")
+    check_close(1.0, 1.0)
+    print("grading works")
+""")
+
+
+@needs_landlock
+def test_a_hidden_module_is_unreadable_to_the_process_and_its_children():
+    run = subprocess.run([sys.executable, "-c", KERNEL_SIDE, "npfl_lib", LIBRARY],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[:3] == ["dropout.py False", "grading.py True", "child True True"], run.stdout
+    assert lines[3].startswith("call npfl_lib.functional.dropout is not available while this "
+                               "assignment is graded")  # fmt: skip
+    assert lines[4:] == ["no code", "grading works"]
+
+
+# A student cell that tries to reach the reference: its source file, a copy of its code,
+# another process. Without hiding, each succeeds.
+REACH = textwrap.dedent("""
+    import os, subprocess, sys, types
+    import npfl_lib.functional as F
+    import npfl_lib.grading
+    found = []
+    try:
+        library = os.path.dirname(npfl_lib.grading.__file__)
+        source = open(f"{library}/functional/dropout.py").read()
+        found.append("source" if "def dropout" in source else "")
+    except PermissionError:
+        pass
+    try:
+        relu = types.FunctionType(F.relu.__code__, F.relu.__globals__)
+        found.append("copy")
+    except AttributeError:
+        pass
+    child = subprocess.run([sys.executable, "-c", "import npfl_lib.functional"])
+    found.append("child" if child.returncode == 0 else "")
+    print("REACHED", [f for f in found if f])
+""")
+
+
+def _run(tmp_path, notebook, hide: tuple[str, ...]) -> tuple[int, dict | None]:
+    folder = tmp_path / ("hidden" if hide else "visible")
+    folder.mkdir(exist_ok=True)
+    nbformat.write(notebook, folder / "in.ipynb")
+    with ResultChannel() as channel:
+        command = worker_command("in.ipynb", channel, 10, 4096, hide=hide)
+        run = subprocess.run(command, cwd=folder, timeout=180, pass_fds=channel.fds,
+                             env={**os.environ}, stderr=subprocess.DEVNULL)  # fmt: skip
+        data = channel.read(MAX_EXECUTED_BYTES)
+        return run.returncode, json.loads(data) if data else None
+
+
+@pytest.mark.slow
+@needs_landlock
+def test_a_student_cell_reaches_no_hidden_reference_and_honest_answers_pass(tmp_path):
+    notebook = _tiny("full", REACH, after="setup")
+    reached = {}
+    for hide in ((), ("npfl_lib",)):
+        status, executed = _run(tmp_path, notebook, hide)
+        assert status == 0
+        assert all(_passed(executed).values()), hide  # the honest answers
+        cell = next(c for c in executed["cells"] if "REACHED" in c["source"])
+        reached[hide] = _text(cell)
+    assert "REACHED ['source', 'copy', 'child']" in reached[()], reached[()]
+    assert "REACHED []" in reached[("npfl_lib",)], reached[("npfl_lib",)]
+
+
+def test_grading_stops_where_the_modules_cannot_be_hidden(tmp_path, monkeypatch):
+    config = TINY_CONFIG + 'c.NpflAutograde.hidden_modules = {"tiny": ["npfl_lib"]}\n'
+    course_dir = generated_tiny_course(tmp_path / "course", {})
+    (course_dir / "nbgrader_config.py").write_text(config, encoding="utf-8")
+    monkeypatch.setattr(hiding, "landlock_abi", lambda: 0)
+    grader = Autograder(load_course(course_dir), "tiny", unsandboxed=True)
+    with pytest.raises(SandboxUnavailableError, match="no Landlock") as error:
+        grader.check_isolation()
+    assert "refusing to grade tiny (c.NpflAutograde.hidden_modules)" in str(error.value)
+    bad = TINY_CONFIG + 'c.NpflAutograde.hidden_modules = {"tiny": ["npfl_lib.nope"]}\n'
+    (course_dir / "nbgrader_config.py").write_text(bad, encoding="utf-8")
+    monkeypatch.setattr(hiding, "landlock_abi", lambda: 7)
+    grader = Autograder(load_course(course_dir), "tiny", unsandboxed=True)
+    with pytest.raises(SandboxUnavailableError, match="'npfl_lib.nope': no such module"):
+        grader.check_isolation()
