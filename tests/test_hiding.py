@@ -168,3 +168,57 @@ def test_grading_stops_where_the_modules_cannot_be_hidden(tmp_path, monkeypatch)
     grader = Autograder(load_course(course_dir), "tiny", unsandboxed=True)
     with pytest.raises(SandboxUnavailableError, match="'npfl_lib.nope': no such module"):
         grader.check_isolation()
+
+
+# regularization's smooth_labels, copied from the reference (with the npfl_lib functions
+# it calls) before forbid swaps their code objects: a copy forbid cannot catch.
+COPIED = textwrap.dedent("""
+    import types
+
+    import npfl_lib.functional
+
+
+    def _copy(function, copies={}):
+        if id(function) not in copies:
+            namespace = dict(function.__globals__)
+            copy = types.FunctionType(function.__code__, namespace, function.__name__,
+                                      function.__defaults__, function.__closure__)
+            copy.__kwdefaults__ = function.__kwdefaults__
+            copies[id(function)] = copy
+            for key, value in list(namespace.items()):
+                if isinstance(value, types.FunctionType) and "npfl_lib" in value.__module__:
+                    namespace[key] = _copy(value)
+        return copies[id(function)]
+
+
+    smooth_labels = _copy(npfl_lib.functional.smooth_labels)
+""")
+
+
+@pytest.mark.slow
+@needs_landlock
+def test_copies_of_the_references_score_nothing_where_they_are_hidden(tmp_path):
+    """Graded by ``npfl-course autograde`` with this repository's nbgrader_config.py (which
+    hides npfl_lib from regularization), then without hiding: a submission with an honest
+    l2_penalty, a copied smooth_labels and the other answers as released."""
+    from npfl_course.check import grade, make_submission
+    from npfl_course.check.notebook import REPO
+
+    def submissions(release, source):
+        released = {c.metadata.nbgrader.grade_id: c.source for c in release.cells
+                    if c.metadata.get("nbgrader", {}).get("solution")}  # fmt: skip
+        replace = {g: released[g] for g in ("dropout", "l1_step", "mixup")}
+        return {"copies": make_submission(release, source, {**replace, "smooth_labels": COPIED})}
+
+    visible = tmp_path / "visible_config.py"
+    visible.write_text((REPO / "nbgrader_config.py").read_text(encoding="utf-8")
+                       + "\nc.NpflAutograde.hidden_modules = {}\n", encoding="utf-8")  # fmt: skip
+    scores = {}
+    for label, config in (("hidden", REPO / "nbgrader_config.py"), ("visible", visible)):
+        (tmp_path / label).mkdir()
+        graded = grade("regularization", tmp_path / label, submissions, config=config)
+        scores[label] = {g: score for g, (score, _) in graded.scores["copies"].items()}
+    assert scores["visible"]["test_smooth_labels"] == 1, scores  # the attack works there
+    assert scores["hidden"] == {"test_dropout": 0, "test_l2_penalty": 2, "test_l1_step": 0,
+                                "test_smooth_labels": 0, "test_mixup": 0}, scores  # fmt: skip
+    assert scores["visible"]["test_l2_penalty"] == 2, scores
