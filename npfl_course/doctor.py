@@ -1,7 +1,8 @@
 """``npfl-course doctor``: what this machine offers the grader, checked, not assumed.
 
 Each line says what was checked and what follows for grading: the sandbox (bubblewrap and
-the namespaces it needs), how student code runs without it, the memory limit, the torch
+the namespaces it needs), how student code runs without it, Landlock (which hides an
+assignment's reference modules from the kernel), the memory limit, the torch
 build, and whether torch imports inside the sandbox under the default limits (the check
 that catches a CUDA build that cannot be mapped, or a package missing from the sandbox's
 view).
@@ -15,6 +16,7 @@ import sys
 import tempfile
 
 from npfl_course.sandbox import Limits, isolation, run_sandboxed, unavailable_reason
+from npfl_course.worker import landlock_abi
 
 
 def _version(name: str) -> str:
@@ -66,6 +68,14 @@ def diagnose() -> tuple[list[str], bool]:
     lines.append(f"sandbox: {'OK' if why is None else 'UNAVAILABLE'}: {description}")
     if kind != "bwrap":
         lines.append("         autograde refuses to grade here unless given --no-sandbox")
+    abi = landlock_abi()
+    if abi:
+        lines.append(f"hiding:  OK: Landlock (ABI {abi}): the modules an assignment hides "
+                     "(c.NpflAutograde.hidden_modules) are unreadable to its kernels")  # fmt: skip
+    else:
+        lines.append("hiding:  UNAVAILABLE: this Linux kernel offers no Landlock (5.13 or "
+                     "newer, not blocked by a seccomp profile): autograde refuses the "
+                     "assignments listed in c.NpflAutograde.hidden_modules")  # fmt: skip
     limits = Limits()
     lines.append(f"memory:  RLIMIT_DATA {limits.memory_mb} MiB per process and a watchdog over "
                  "the anonymous memory of all a notebook's processes (works with any torch "

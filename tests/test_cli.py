@@ -192,7 +192,7 @@ def test_autograde_refuses_without_a_sandbox(tmp_path, capsys, monkeypatch):
 def test_doctor_says_what_the_grader_has(capsys):
     status = cli.main(["doctor"])
     out = capsys.readouterr().out
-    for label in ("python:", "torch:", "sandbox:", "memory:", "grading:"):
+    for label in ("python:", "torch:", "sandbox:", "hiding:", "memory:", "grading:"):
         assert label in out
     assert "grading: OK: torch" in out, out  # torch imports under the default limits
     assert status == (0 if "sandbox: OK" in out else 1)

@@ -15,7 +15,7 @@ notebook under :func:`npfl_course.sandbox.run_sandboxed`. The parts:
   references).
 """
 
-from npfl_course.worker.hiding import HidingError, check_hideable
+from npfl_course.worker.hiding import HidingError, check_hideable, landlock_abi
 from npfl_course.worker.protocol import (
     EXIT_INTERNAL,
     MATPLOTLIB_CACHE,
@@ -41,5 +41,6 @@ __all__ = [
     "check_hideable",
     "copy_matplotlib_cache",
     "is_trusted",
+    "landlock_abi",
     "worker_command",
 ]
