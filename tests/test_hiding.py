@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -20,6 +22,7 @@ import pytest
 from test_trusted import _passed, _text, _tiny
 from tiny_course import TINY_CONFIG, generated_tiny_course
 
+import npfl_course
 import npfl_lib
 from npfl_course.autograde import Autograder, SandboxUnavailableError
 from npfl_course.autograde.merge import MAX_EXECUTED_BYTES
@@ -54,7 +57,11 @@ def test_hiding_npfl_lib_hides_all_its_files_but_the_grading_helpers():
     assert not [f for f in files if os.path.basename(f).startswith("grading.")]
     only = check_hideable(["npfl_lib.ensemble"])
     assert os.path.join(LIBRARY, "ensemble.py") in only
-    assert all("ensemble" in os.path.basename(f) for f in only)
+    assert all("ensemble" in os.path.basename(f) for f in only if f.startswith(LIBRARY))
+    # With them, the grader's code that the kernel does not run.
+    grader = os.path.dirname(os.path.realpath(npfl_course.__file__))
+    assert os.path.join(grader, "similarity", "demo.py") in only
+    assert not [f for f in only if f.startswith(os.path.join(grader, "worker"))]
 
 
 # Run in a process of its own: Landlock cannot be undone, the import hook changes imports.
@@ -122,6 +129,11 @@ REACH = textwrap.dedent("""
         pass
     child = subprocess.run([sys.executable, "-c", "import npfl_lib.functional"])
     found.append("child" if child.returncode == 0 else "")
+    try:  # the grader's own code holds correct answers too (the similarity demo's)
+        from npfl_course.similarity.demo import RING
+        found.append("grader")
+    except PermissionError:
+        pass
     print("REACHED", [f for f in found if f])
 """)
 
@@ -149,8 +161,40 @@ def test_a_student_cell_reaches_no_hidden_reference_and_honest_answers_pass(tmp_
         assert all(_passed(executed).values()), hide  # the honest answers
         cell = next(c for c in executed["cells"] if "REACHED" in c["source"])
         reached[hide] = _text(cell)
-    assert "REACHED ['source', 'copy', 'child']" in reached[()], reached[()]
+    assert "REACHED ['source', 'copy', 'child', 'grader']" in reached[()], reached[()]
     assert "REACHED []" in reached[("npfl_lib",)], reached[("npfl_lib",)]
+
+
+BIND_MOUNTED = textwrap.dedent("""
+    import os, sys
+    from npfl_course.worker import hiding
+    hiding.hide(["npfl_lib"])
+    for path in sys.argv[1:]:
+        try:
+            open(path, "rb").read(1)
+            print("readable", os.path.basename(path))
+        except PermissionError:
+            print("hidden", os.path.basename(path))
+""")
+
+
+@needs_landlock
+def test_another_mount_of_the_library_shows_nothing_hidden(tmp_path):
+    """bubblewrap mounts a Python path reached through a symbolic link twice; a folder
+    granted above the second mount must not show the hidden files."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare for a private bind mount")
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    paths = [str(mount / "functional" / "dropout.py"), str(mount / "grading.py")]
+    script = (f"mount --bind -o ro {shlex.quote(LIBRARY)} {shlex.quote(str(mount))} && "
+              f"{shlex.quote(sys.executable)} -c {shlex.quote(BIND_MOUNTED)} "
+              + " ".join(map(shlex.quote, paths)))  # fmt: skip
+    run = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    if "mount:" in run.stderr:
+        pytest.skip(f"no private bind mount here: {run.stderr.strip()[:200]}")
+    assert run.stdout.split("\n")[:2] == ["hidden dropout.py", "readable grading.py"], run
 
 
 def test_grading_stops_where_the_modules_cannot_be_hidden(tmp_path, monkeypatch):

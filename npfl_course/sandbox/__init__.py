@@ -54,6 +54,7 @@ the command's processes), :mod:`npfl_course.sandbox.files` (the disk it takes, h
 files back, removing trees of any depth: :func:`remove_tree`); this module runs the command.
 """
 
+from npfl_course.sandbox.bwrap import is_within
 from npfl_course.sandbox.files import remove_tree
 from npfl_course.sandbox.limits import Limits, SandboxResult
 from npfl_course.sandbox.processes import memory_mib
@@ -67,6 +68,7 @@ from npfl_course.sandbox.run import (
 )
 
 __all__ = [
-    "INSTALL_HINT", "NAMESPACE_HINT", "Limits", "SandboxResult", "isolation", "memory_mib",
+    "INSTALL_HINT", "NAMESPACE_HINT", "Limits", "SandboxResult", "is_within", "isolation",
+    "memory_mib",
     "remove_tree", "run_sandboxed", "sandbox_available", "unavailable_reason",
 ]  # fmt: skip

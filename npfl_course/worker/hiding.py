@@ -22,7 +22,12 @@ Two parts, both set up in the forked child that becomes the kernel
 
 ``npfl_lib.grading`` is never hidden (the setup cells import its helpers, the kernel's
 end of the grader's calls uses its ``forbid``); hiding ``npfl_lib`` hides every other
-module of it.
+module of it. With any module hidden, the grader's own code that the kernel does not run
+is hidden too (all of ``npfl_course`` but its worker: the similarity demo holds correct
+answers). The files are hidden under every path that shows them in the kernel's view
+(another mount of their folders included). That view is bubblewrap's, which holds
+nothing else of the course; without bubblewrap (``--no-sandbox``) other copies (a git
+checkout, the instructor's notebooks) may be readable.
 """
 
 from __future__ import annotations
@@ -33,12 +38,16 @@ import importlib.abc
 import importlib.machinery
 import importlib.util
 import os
+import re
 import sys
 import types
 from collections.abc import Iterable, Sequence
 
+from npfl_course.sandbox import is_within
+
 ALWAYS_KEPT = ("npfl_lib.grading",)
 HIDEABLE_ROOTS = ("npfl_lib",)
+GRADER_PACKAGE = "npfl_course"
 
 # Landlock's system calls, numbered alike on every architecture (they came after the
 # numbering was unified), and the one access right it is asked to handle.
@@ -124,40 +133,89 @@ def _module_paths(name: str) -> list[str]:
     raise HidingError(f"cannot hide {name!r}: no such module")
 
 
+def _with_bytecode(path: str) -> set[str]:
+    """A module's source and its compiled files in ``__pycache__``."""
+    folder, file = os.path.split(path)
+    stem = file.removesuffix(".py")
+    found = {path}
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(os.path.join(folder, "__pycache__")):
+            if entry.name.split(".")[0] == stem:
+                found.add(entry.path)
+    return found
+
+
+def _tree(folder: str) -> set[str]:
+    return {os.path.join(f, n) for f, _, names in os.walk(folder) for n in names}
+
+
 def _kept_files() -> set[str]:
     kept: set[str] = set()
     for name in ALWAYS_KEPT:
-        for path in _module_paths(name.rpartition(".")[0]):
-            path = os.path.join(path, name.rpartition(".")[2] + ".py")
-            kept.add(path)
-            folder, file = os.path.split(path)
-            stem = file.removesuffix(".py")
-            with contextlib.suppress(OSError):
-                for entry in os.scandir(os.path.join(folder, "__pycache__")):
-                    if entry.name.split(".")[0] == stem:
-                        kept.add(entry.path)
+        package, _, module = name.rpartition(".")
+        for path in _module_paths(package):
+            kept |= _with_bytecode(os.path.join(path, module + ".py"))
     return kept
+
+
+def _grader_files() -> set[str]:
+    """The grader's own code that the kernel does not run: all of ``npfl_course`` but
+    its worker (the kernel's end of the calls, its preparation, this module). It holds
+    correct answers too (the similarity demo's students)."""
+    files: set[str] = set()
+    for location in _top_locations(GRADER_PACKAGE):
+        kept = _with_bytecode(os.path.join(location, "__init__.py"))
+        kept |= _tree(os.path.join(location, "worker"))
+        files |= _tree(location) - kept
+    return files
 
 
 def hidden_files(modules: Iterable[str]) -> list[str]:
     """Every file of ``modules``: their sources and bytecode (folders: all they hold),
-    but for those of :data:`ALWAYS_KEPT` and the packages' folders themselves."""
-    kept = _kept_files()
+    but for those of :data:`ALWAYS_KEPT` and the packages' folders themselves; with
+    them, the grader's code that the kernel does not run."""
     files: set[str] = set()
     for name in modules:
         for path in _module_paths(name):
-            if os.path.isdir(path):
-                for folder, _, names in os.walk(path):
-                    files.update(os.path.join(folder, n) for n in names)
-                continue
-            files.add(path)
-            folder, file = os.path.split(path)
-            stem = file.removesuffix(".py")
-            with contextlib.suppress(OSError):
-                for entry in os.scandir(os.path.join(folder, "__pycache__")):
-                    if entry.name.split(".")[0] == stem:
-                        files.add(entry.path)
-    return sorted(files - kept)
+            files |= _tree(path) if os.path.isdir(path) else _with_bytecode(path)
+    if files:
+        files |= _grader_files()
+    return sorted(files - _kept_files())
+
+
+def _unescape(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _mounts() -> list[tuple[str, str, str]]:
+    """(device, root within it, mount point) of each mount this process sees."""
+    mounts = []
+    with contextlib.suppress(OSError), open("/proc/self/mountinfo", encoding="utf-8") as info:
+        for line in info:
+            fields = line.split()
+            if len(fields) > 4:
+                mounts.append((fields[2], _unescape(fields[3]), _unescape(fields[4])))
+    return mounts
+
+
+def _spellings(paths: set[str]) -> set[str]:
+    """``paths`` and every other path that shows the same files through another mount of
+    their folders (a bind mount elsewhere; bubblewrap mounts a symlinked Python path
+    twice): Landlock's rules follow paths, and a folder granted above another mount of a
+    hidden file would show it."""
+    mounts = _mounts()
+    found = set(paths)
+    for path in paths:
+        on = [m for m in mounts if is_within(path, m[2])]
+        if not on:
+            continue
+        device, root, point = max(on, key=lambda m: len(m[2]))
+        inside = os.path.join(root, os.path.relpath(path, point))
+        for other_device, other_root, other_point in mounts:
+            if other_device == device and is_within(inside, other_root):
+                found.add(os.path.normpath(
+                    os.path.join(other_point, os.path.relpath(inside, other_root))))  # fmt: skip
+    return found
 
 
 def restrict(files: Sequence[str]) -> int:
@@ -165,7 +223,7 @@ def restrict(files: Sequence[str]) -> int:
     (Landlock: read access is granted beneath every other entry of the folders on the
     way to them, so a file that appears in one of those folders later is unreadable
     too). Returns the number of rules. Raises OSError where Landlock refuses."""
-    hidden = {os.path.realpath(f) for f in files}
+    hidden = _spellings({os.path.realpath(f) for f in files})
     if not hidden:
         return 0
     libc = _libc()

@@ -10,7 +10,10 @@ the kernel, :class:`ZygoteKernelManager` hands it the kernel's command line, env
 and folder, and the child becomes the kernel (``ipykernel``'s own entry point, the
 notebook's folder first on ``sys.path`` as ``python -m ipykernel_launcher`` would have
 it), its torch shared copy-on-write. Where forking is not possible (threads already
-running, no ``os.fork``) the kernel starts as a new process, as before.
+running, no ``os.fork``) the kernel starts as a new process, as before, unless the
+assignment hides modules from the kernel: the child makes them unreadable to itself right
+after the fork (:mod:`npfl_course.worker.hiding`), and where there is no child the worker
+stops rather than start a kernel that can read them.
 """
 
 from __future__ import annotations
