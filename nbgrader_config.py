@@ -57,7 +57,8 @@ c.NpflFeedback.show_hidden_tests = False
 # can neither call nor copy the reference solutions it is asked to write. The test cells
 # run outside the kernel and keep them. An import of a hidden module still works in the
 # kernel; using it raises ForbiddenCallError. "npfl_lib": all of it but npfl_lib.grading.
-# The kernel keeps what the locked cells and honest solutions use (data sets, Trainer).
+# The kernel must keep what the locked cells and honest solutions use (manual_backprop's
+# data sets; the Trainer of ensembling and regularized_training): see README.md.
 c.NpflAutograde.hidden_modules = {
     "losses_and_gradients": ["npfl_lib"],
     "regularization": ["npfl_lib"],

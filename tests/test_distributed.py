@@ -178,6 +178,31 @@ def test_a_rerun_grades_only_what_is_missing(graded, cluster):
 
 
 @pytest.mark.slow
+def test_a_worker_that_cannot_hide_the_references_refuses(generated, tmp_path):
+    pytest.importorskip("distributed")
+    from distributed import Client
+
+    course_dir = shutil.copytree(generated, tmp_path / "course")
+    with open(course_dir / "nbgrader_config.py", "a", encoding="utf-8") as config:
+        config.write('c.NpflAutograde.hidden_modules = {"tiny": ["npfl_lib"]}\n')
+    course = load_course(course_dir)
+    with _cluster(n_workers=1, env={"NPFL_COURSE_NO_LANDLOCK": "1"}) as local:
+        grader = ag.DaskAutograder(course, "tiny", scheduler=local.scheduler_address,
+                                   limits=LIMITS, unsandboxed=UNSANDBOXED)  # fmt: skip
+        with pytest.raises(ag.SandboxUnavailableError, match="no Landlock") as refused:
+            grader.run(progress=False)
+        assert "1 of 1 Dask worker(s)" in str(refused.value)
+        assert "c.NpflAutograde.hidden_modules" in str(refused.value)
+        assert grader.executions == 0 and not (course.root / "autograded").exists()
+        # A task sent to it anyway (a worker that joined after the check) is refused too.
+        task = Execution("tiny", "{}", (), (), LIMITS, {}, not UNSANDBOXED, "d", ("npfl_lib",))
+        with Client(local.scheduler_address, set_as_default=False) as client:
+            future = client.submit(ag.execute_on_worker, task, pure=False)
+            with pytest.raises(ag.SandboxUnavailableError, match="no Landlock"):
+                future.result()
+
+
+@pytest.mark.slow
 def test_a_worker_that_cannot_sandbox_refuses(generated, tmp_path):
     pytest.importorskip("distributed")
     from distributed import Client

@@ -19,8 +19,13 @@ import textwrap
 
 import nbformat
 import pytest
-from test_trusted import _passed, _text, _tiny
-from tiny_course import TINY_CONFIG, generated_tiny_course
+from tiny_course import (
+    TINY_CONFIG,
+    generated_tiny_course,
+    output_text,
+    passed_tests,
+    tiny_variant,
+)
 
 import npfl_course
 import npfl_lib
@@ -144,8 +149,12 @@ def _run(tmp_path, notebook, hide: tuple[str, ...]) -> tuple[int, dict | None]:
     nbformat.write(notebook, folder / "in.ipynb")
     with ResultChannel() as channel:
         command = worker_command("in.ipynb", channel, 10, 4096, hide=hide)
-        run = subprocess.run(command, cwd=folder, timeout=180, pass_fds=channel.fds,
-                             env={**os.environ}, stderr=subprocess.DEVNULL)  # fmt: skip
+        # A temporary folder that exists before the kernel is restricted, as the sandbox's
+        # does (what appears later beside the hidden files' folders is unreadable).
+        (folder / "tmp").mkdir(exist_ok=True)
+        env = {**os.environ, "TMPDIR": str(folder / "tmp")}
+        run = subprocess.run(command, cwd=folder, timeout=180, pass_fds=channel.fds, env=env,
+                             stderr=subprocess.DEVNULL)  # fmt: skip
         data = channel.read(MAX_EXECUTED_BYTES)
         return run.returncode, json.loads(data) if data else None
 
@@ -153,14 +162,14 @@ def _run(tmp_path, notebook, hide: tuple[str, ...]) -> tuple[int, dict | None]:
 @pytest.mark.slow
 @needs_landlock
 def test_a_student_cell_reaches_no_hidden_reference_and_honest_answers_pass(tmp_path):
-    notebook = _tiny("full", REACH, after="setup")
+    notebook = tiny_variant("full", REACH, after="setup")
     reached = {}
     for hide in ((), ("npfl_lib",)):
         status, executed = _run(tmp_path, notebook, hide)
         assert status == 0
-        assert all(_passed(executed).values()), hide  # the honest answers
+        assert all(passed_tests(executed).values()), hide  # the honest answers
         cell = next(c for c in executed["cells"] if "REACHED" in c["source"])
-        reached[hide] = _text(cell)
+        reached[hide] = output_text(cell)
     assert "REACHED ['source', 'copy', 'child', 'grader']" in reached[()], reached[()]
     assert "REACHED []" in reached[("npfl_lib",)], reached[("npfl_lib",)]
 

@@ -17,7 +17,7 @@ import textwrap
 
 import nbformat
 import pytest
-from tiny_course import source_cell, tiny_source
+from tiny_course import output_text, passed_tests, source_cell, tiny_source, tiny_variant
 
 from npfl_course.autograde.merge import MAX_EXECUTED_BYTES
 from npfl_course.worker import ResultChannel, worker_command
@@ -63,23 +63,6 @@ SEARCH = textwrap.dedent("""
 """)
 
 
-def _tiny(kind: str = "full", insert: str | None = None, after: str = "setup"):
-    """The tiny assignment as the worker gets it (hidden tests included): ``full``,
-    ``wrong`` (mul adds) or ``release`` (every answer raises), with a cell inserted."""
-    notebook = tiny_source()
-    for cell in notebook.cells:
-        meta = cell.metadata.get("nbgrader", {})
-        if meta.get("solution") and kind == "release":
-            cell.source = cell.source.split("### BEGIN SOLUTION")[0] + "raise NotImplementedError()"
-        if meta.get("grade_id") == "mul" and kind == "wrong":
-            cell.source = "def mul(a, b):\n    return a + b"
-    if insert is not None:
-        index = next(i for i, c in enumerate(notebook.cells)
-                     if c.metadata.get("nbgrader", {}).get("grade_id") == after)  # fmt: skip
-        notebook.cells.insert(index + 1, nbformat.v4.new_code_cell(insert))
-    return notebook
-
-
 def _run(tmp_path, notebook, in_kernel: bool = False, cell_seconds: float = 10) -> dict:
     folder = tmp_path / ("in-kernel" if in_kernel else "split")
     folder.mkdir(exist_ok=True)
@@ -92,34 +75,22 @@ def _run(tmp_path, notebook, in_kernel: bool = False, cell_seconds: float = 10) 
         return json.loads(channel.read(MAX_EXECUTED_BYTES))
 
 
-def _passed(executed: dict) -> dict[str, bool]:
-    """Test cell -> passed (no error output), as nbgrader scores it."""
-    return {cell["metadata"]["nbgrader"]["grade_id"]:
-            not any(o["output_type"] == "error" for o in cell["outputs"])
-            for cell in executed["cells"]
-            if cell["metadata"].get("nbgrader", {}).get("grade")}  # fmt: skip
-
-
-def _text(cell: dict) -> str:
-    return "".join(o.get("text", "") for o in cell["outputs"])
-
-
 @pytest.mark.parametrize("kind", ["release", "wrong"])
 def test_patching_the_shells_class_no_longer_passes_the_tests(tmp_path, kind):
-    notebook = _tiny(kind, TRANSFORM_CELL, after="setup")
-    assert all(_passed(_run(tmp_path, notebook, in_kernel=True)).values())  # the attack works
-    assert not any(_passed(_run(tmp_path, notebook)).values())
+    notebook = tiny_variant(kind, TRANSFORM_CELL, after="setup")
+    assert all(passed_tests(_run(tmp_path, notebook, in_kernel=True)).values())  # the attack works
+    assert not any(passed_tests(_run(tmp_path, notebook)).values())
 
 
 def test_the_hidden_tests_cannot_be_read_from_a_student_cell(tmp_path):
-    notebook = _tiny("full", SEARCH, after="test_square")
+    notebook = tiny_variant("full", SEARCH, after="test_square")
     marker = SEARCH.splitlines()[2]
     results = {}
     for in_kernel in (True, False):
         executed = _run(tmp_path, notebook, in_kernel)
         cell = next(c for c in executed["cells"] if c["source"].startswith("\nimport gc") or
                     marker in c["source"])  # fmt: skip
-        results[in_kernel] = _text(cell)
+        results[in_kernel] = output_text(cell)
     assert "FOUND ['memory']" in results[True], results[True]  # in one process: readable
     assert "FOUND [] CONTROL ['memory']" in results[False], results[False]
 
@@ -141,22 +112,22 @@ MOSTLY_DEAF = textwrap.dedent("""
 
 
 def test_a_call_that_drops_most_interrupts_is_stopped_and_the_kernel_kept(tmp_path):
-    notebook = _tiny("full", MOSTLY_DEAF, after="setup")
+    notebook = tiny_variant("full", MOSTLY_DEAF, after="setup")
     index = next(i for i, c in enumerate(notebook.cells) if c.source == MOSTLY_DEAF)
     notebook.cells.insert(index + 1, source_cell("test", "test_deaf", "mostly_deaf()", 1))
     executed = _run(tmp_path, notebook, cell_seconds=5)
-    assert _passed(executed) == {"test_add": True, "test_deaf": False, "test_mul": True,
+    assert passed_tests(executed) == {"test_add": True, "test_deaf": False, "test_mul": True,
                                  "test_square": True}  # fmt: skip
     errors = [o for c in executed["cells"] for o in c["outputs"] if o["output_type"] == "error"]
     assert [e["ename"] for e in errors] == ["CellTimeoutError"], errors
 
 
 def test_honest_and_partial_answers_keep_their_scores(tmp_path):
-    assert _passed(_run(tmp_path, _tiny("full"))) == dict.fromkeys(
+    assert passed_tests(_run(tmp_path, tiny_variant("full"))) == dict.fromkeys(
         ("test_add", "test_mul", "test_square"), True)  # fmt: skip
-    assert _passed(_run(tmp_path, _tiny("wrong"))) == {
+    assert passed_tests(_run(tmp_path, tiny_variant("wrong"))) == {
         "test_add": True, "test_mul": False, "test_square": True}  # fmt: skip
-    assert not any(_passed(_run(tmp_path, _tiny("release"))).values())
+    assert not any(passed_tests(_run(tmp_path, tiny_variant("release"))).values())
 
 
 # -- what the proxies carry --------------------------------------------------------
@@ -333,7 +304,7 @@ def test_calls_carry_arguments_results_state_and_errors(tmp_path):
     ]
     executed = _run(tmp_path, notebook, cell_seconds=20)
     calls, timed, after, own = executed["cells"][2:]
-    text = _text(calls)
+    text = output_text(calls)
     assert not [o for o in calls["outputs"] if o["output_type"] == "error"], calls["outputs"]
     assert "filling (2, 3)" in text and "ALL GOOD" in text  # the student's prints, in order
     assert text.index("filling (2, 3)") < text.index("ALL GOOD")
@@ -341,7 +312,7 @@ def test_calls_carry_arguments_results_state_and_errors(tmp_path):
     assert "Secret object from the student's kernel" in text
     # The student's loop cancelled its own timer: the grader's limit stops it from outside.
     assert [o["ename"] for o in timed["outputs"] if o["output_type"] == "error"] == ["TimeoutError"]
-    assert "alive" in _text(after) and "filling (1,)" in _text(after)
+    assert "alive" in output_text(after) and "filling (1,)" in output_text(after)
     # A function of the test's own cannot travel: the kernel does not run test cells.
     errors = [o for o in own["outputs"] if o["output_type"] == "error"]
     assert errors and "local is defined in a test cell" in errors[0]["evalue"], own["outputs"]

@@ -132,3 +132,33 @@ def generated_tiny_course(directory: str | os.PathLike, submissions: dict) -> Pa
         folder.mkdir(parents=True, exist_ok=True)
         nbformat.write(notebook, folder / "tiny.ipynb")
     return directory
+
+
+def tiny_variant(kind: str = "full", insert: str | None = None, after: str = "setup"):
+    """The tiny assignment as the worker gets it (hidden tests included): ``full``,
+    ``wrong`` (mul adds) or ``release`` (every answer raises), with a cell inserted."""
+    notebook = tiny_source()
+    for cell in notebook.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if meta.get("solution") and kind == "release":
+            cell.source = cell.source.split("### BEGIN SOLUTION")[0] + "raise NotImplementedError()"
+        if meta.get("grade_id") == "mul" and kind == "wrong":
+            cell.source = "def mul(a, b):\n    return a + b"
+    if insert is not None:
+        index = next(i for i, c in enumerate(notebook.cells)
+                     if c.metadata.get("nbgrader", {}).get("grade_id") == after)  # fmt: skip
+        notebook.cells.insert(index + 1, nbformat.v4.new_code_cell(insert))
+    return notebook
+
+
+def passed_tests(executed: dict) -> dict[str, bool]:
+    """Test cell -> passed (no error output), as nbgrader scores it."""
+    return {cell["metadata"]["nbgrader"]["grade_id"]:
+            not any(o["output_type"] == "error" for o in cell["outputs"])
+            for cell in executed["cells"]
+            if cell["metadata"].get("nbgrader", {}).get("grade")}  # fmt: skip
+
+
+def output_text(cell: dict) -> str:
+    """What an executed cell printed."""
+    return "".join(o.get("text", "") for o in cell["outputs"])

@@ -54,6 +54,7 @@ from npfl_course.autograde.runner import (
     execute_notebook,
 )
 from npfl_course.sandbox import INSTALL_HINT, isolation
+from npfl_course.worker import HidingError, check_hideable
 
 RETRIES = 2  # a task that raised runs again (Dask's retries=)
 RESUBMISSIONS = 2  # after Dask's KilledWorker, sent again (each after allowed-failures deaths)
@@ -80,6 +81,8 @@ class WorkerCheck:
         description (str): How student code runs there, for people.
         environment (str): Its :func:`npfl_course.autograde.preflight.environment_digest`.
         refusal (str | None): Why it refuses to grade, None when it grades.
+        hiding (str | None): Why it cannot hide the assignment's hidden modules
+            (``c.NpflAutograde.hidden_modules``), None when it can or none are hidden.
     """
 
     address: str
@@ -87,38 +90,48 @@ class WorkerCheck:
     description: str
     environment: str
     refusal: str | None
+    hiding: str | None = None
 
 
-_CHECKS: dict[tuple[str, bool], WorkerCheck] = {}
+_CHECKS: dict[tuple[str, bool, tuple[str, ...]], WorkerCheck] = {}
 _CHECKS_LOCK = threading.Lock()
 
 
-def check_worker(assignment: str, require_sandbox: bool) -> WorkerCheck:
+def check_worker(assignment: str, require_sandbox: bool,
+                 hidden: tuple[str, ...] = ()) -> WorkerCheck:  # fmt: skip
     """This machine's checks for one assignment, made once per process and assignment.
 
     Args:
         assignment (str): The assignment's digest (:attr:`Execution.assignment`).
         require_sandbox (bool): Refuse when bubblewrap cannot isolate student code here.
+        hidden (tuple[str, ...]): The modules the assignment hides (:attr:`Execution.hidden`).
     """
     from npfl_course.autograde.preflight import environment_digest
 
     with _CHECKS_LOCK:
-        key = (assignment, require_sandbox)
+        key = (assignment, require_sandbox, tuple(hidden))
         if key not in _CHECKS:
             kind, description = isolation()
             refusal = None
             if kind != "bwrap" and require_sandbox:
                 refusal = (f"refusing to grade: {description}. Please {INSTALL_HINT} on this "
                            "machine and check it with `npfl-course doctor`")  # fmt: skip
-            _CHECKS[key] = WorkerCheck("", kind, description, environment_digest(), refusal)
+            try:
+                check_hideable(hidden)
+                hiding = None
+            except HidingError as exc:
+                hiding = str(exc)
+            _CHECKS[key] = WorkerCheck("", kind, description, environment_digest(), refusal,
+                                       hiding)  # fmt: skip
         return _CHECKS[key]
 
 
-async def _check_on_worker(assignment: str, require_sandbox: bool, dask_worker=None):
+async def _check_on_worker(assignment: str, require_sandbox: bool,
+                           hidden: tuple[str, ...] = (), dask_worker=None):  # fmt: skip
     """:func:`check_worker` through ``Client.run``, in a thread (the bwrap self-test starts
     a process; the worker's event loop keeps answering meanwhile)."""
     loop = asyncio.get_running_loop()
-    check = await loop.run_in_executor(None, check_worker, assignment, require_sandbox)
+    check = await loop.run_in_executor(None, check_worker, assignment, require_sandbox, hidden)
     return dataclasses.replace(check, address=dask_worker.address if dask_worker else "")
 
 
@@ -142,9 +155,10 @@ def execute_on_worker(task: Execution) -> Executed:
     from distributed import get_worker
 
     worker = get_worker()
-    check = check_worker(task.assignment, task.require_sandbox)
-    if check.refusal is not None:
-        raise SandboxUnavailableError(f"Dask worker {worker.address}: {check.refusal}")
+    check = check_worker(task.assignment, task.require_sandbox, task.hidden)
+    if check.refusal is not None or check.hiding is not None:
+        raise SandboxUnavailableError(f"Dask worker {worker.address}: "
+                                      f"{check.refusal or check.hiding}")  # fmt: skip
     threads = os.environ.get("OMP_NUM_THREADS", "").strip()
     if not threads.isdigit() or int(threads) < 1:
         threads = str(max(1, _cpus() // max(1, int(getattr(worker, "nthreads", 1) or 1))))
@@ -252,7 +266,7 @@ class DaskAutograder(Autograder):
         """Every worker's :func:`check_worker`; raises when one refuses (as locally)."""
         require = not self.unsandboxed
         answers = self.client.run(_check_on_worker, self.assignment_digest, require,
-                                  on_error="return")  # fmt: skip
+                                  self.hidden, on_error="return")  # fmt: skip
         where = f"Dask worker(s) of {self.client.scheduler.address}"
         broken = {a: r for a, r in answers.items() if not isinstance(r, WorkerCheck)}
         if broken:
@@ -268,14 +282,23 @@ class DaskAutograder(Autograder):
                 "machine, and check the result with `npfl-course doctor` there. To grade "
                 "without isolation anyway (only for code you trust), pass --no-sandbox."
             )
+        unhiding = {a: c for a, c in answers.items() if c.hiding is not None}
+        if unhiding:
+            listed = "; ".join(f"{a}: {c.hiding}" for a, c in sorted(unhiding.items()))
+            raise SandboxUnavailableError(
+                f"refusing to grade {self.assignment} (c.NpflAutograde.hidden_modules): "
+                f"{len(unhiding)} of {len(answers)} {where} cannot hide its modules ({listed})"
+            )
         digests = sorted({check.environment for check in answers.values()})
         self.environment = hashlib.sha256("\n".join(digests).encode()).hexdigest()
         unsafe = [check for check in answers.values() if check.kind != "bwrap"]
+        hidden = f"; hidden from the kernel: {', '.join(self.hidden)} (Landlock)"
+        hidden = hidden if self.hidden else ""
         if not unsafe:
             sandbox = "bubblewrap sandbox (no view of the course, no network)"
-            return "bwrap", f"{sandbox} on {len(answers)} {where}"
+            return "bwrap", f"{sandbox} on {len(answers)} {where}{hidden}"
         return unsafe[0].kind, (f"NO sandbox on {len(unsafe)} of {len(answers)} {where}: "
-                                f"{unsafe[0].description}")  # fmt: skip
+                                f"{unsafe[0].description}{hidden}")  # fmt: skip
 
     def run_preflight(self):
         """The preflight, graded on the cluster; remembered per set of worker environments."""

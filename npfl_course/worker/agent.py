@@ -491,25 +491,15 @@ def _ignore_interrupts() -> None:
 
 
 def _forbid(targets: tuple[str, ...]) -> contextlib.AbstractContextManager:
-    """``forbid(*targets)`` without the targets the kernel cannot resolve: those in the
-    modules hidden from it (:mod:`npfl_course.worker.hiding`), which nothing here can
-    call. The worker's own ``forbid`` has checked the names."""
+    """``forbid(*targets)`` without the targets hidden from this kernel
+    (:mod:`npfl_course.worker.hiding`): nothing here can call them, and their stand-ins
+    cannot be patched."""
     from npfl_course.worker.hiding import is_hidden
     from npfl_lib.grading import forbid
 
     known = _state.setdefault("forbid_usable", {})
     if targets not in known:
-        usable = []
-        for target in targets:
-            if is_hidden(target):
-                continue
-            try:
-                with forbid(target):
-                    pass
-            except (ValueError, TypeError):  # e.g. a stand-in imported from a hidden module
-                continue
-            usable.append(target)
-        known[targets] = tuple(usable)
+        known[targets] = tuple(target for target in targets if not is_hidden(target))
     return forbid(*known[targets])
 
 

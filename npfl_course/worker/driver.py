@@ -125,14 +125,15 @@ class GradingClient(NotebookClient):
 
     def __init__(self, nb: NotebookNode, out: ResultWriter, cell_seconds: float,
                  memory_mb: int | None, disk_mb: int | None = None, split: bool = True,
-                 zygote: Zygote | None = None, **kwargs: Any) -> None:  # fmt: skip
+                 zygote: Zygote | None = None, runtime: str | None = None,
+                 **kwargs: Any) -> None:  # fmt: skip
         self.cell_seconds = cell_seconds
         timeout_error = {
             "ename": "CellTimeoutError",
             "evalue": self._timeout_message(),
             "traceback": [f"CellTimeoutError: {self._timeout_message()}"],
         }
-        runtime = tempfile.mkdtemp(prefix="kernel-")
+        runtime = runtime or tempfile.mkdtemp(prefix="kernel-")
         km = ZygoteKernelManager(
             kernel_name=nb.metadata.get("kernelspec", {}).get("name") or "python3",
             transport="ipc",  # sockets in our private temporary folder, no ports
@@ -721,12 +722,19 @@ def main(argv: list[str] | None = None) -> int:
     # torch, imported once: the kernel is forked from here before the notebook is read
     # (npfl_course.worker.zygote), and shares it.
     _import_shared_libraries()
+    # Before the ruleset: it makes what appears later beside the hidden files' folders
+    # unreadable to the kernel, and the kernel reads its connection file from here.
+    runtime = tempfile.mkdtemp(prefix="kernel-")
+    ruleset = None
     try:
-        hiding.check_hideable(hide)
+        if hide:
+            ruleset = hiding.build_ruleset(hiding.check_hideable(hide))
     except hiding.HidingError as exc:
         sys.stderr.write(f"npfl_course.worker: internal error: {exc}\n")
         return EXIT_INTERNAL
-    zygote = fork_zygote(close=out.fds, hide=hide)
+    zygote = fork_zygote(close=out.fds, hide=hide, ruleset=ruleset)
+    if ruleset is not None:
+        os.close(ruleset)  # the child has its own
     if hide and zygote is None:
         sys.stderr.write(f"npfl_course.worker: internal error: cannot hide {args.hide}: "
                          "the kernel could not be forked from the worker\n")  # fmt: skip
@@ -745,7 +753,8 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.suppress(Exception):  # Linux: orphans of the cells become our children
         ctypes.CDLL(None).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
     client = GradingClient(notebook, out, args.cell_timeout, args.memory_mb, args.disk_mb,
-                           split=not args.tests_in_kernel, zygote=zygote)  # fmt: skip
+                           split=not args.tests_in_kernel, zygote=zygote,
+                           runtime=runtime)  # fmt: skip
     try:
         asyncio.run(client.grade(_kernel_environment()))
     except BaseException as exc:  # noqa: BLE001 - keep what ran; the parent reports the rest

@@ -11,7 +11,8 @@ Two parts, both set up in the forked child that becomes the kernel
 (:mod:`npfl_course.worker.zygote`), before any of the student's code runs:
 
 * **Landlock** (Linux >= 5.13) makes the hidden modules' files (sources and bytecode)
-  unreadable to the kernel and every process it starts (:func:`restrict`); this is the
+  unreadable to the kernel and every process it starts (:func:`build_ruleset` in the
+  worker, :func:`apply` in the child); this is the
   defence. Without Landlock nothing can be hidden, and the grader refuses to grade such
   an assignment (:func:`check_hideable`) rather than grade it without.
 * An import hook (:class:`HiddenModules`) gives the kernel a stand-in for each hidden
@@ -76,8 +77,9 @@ def _libc() -> ctypes.CDLL:
 
 
 def landlock_abi() -> int:
-    """The Landlock ABI version this kernel offers; 0 where it has none (or forbids it)."""
-    if not sys.platform.startswith("linux"):
+    """The Landlock ABI version this kernel offers; 0 where it has none (or forbids it),
+    or where ``NPFL_COURSE_NO_LANDLOCK`` is set (to try a machine without it)."""
+    if not sys.platform.startswith("linux") or os.environ.get("NPFL_COURSE_NO_LANDLOCK"):
         return 0
     try:
         version = _libc().syscall(_CREATE_RULESET, None, ctypes.c_size_t(0),
@@ -190,7 +192,10 @@ def _unescape(field: str) -> str:
 def _mounts() -> list[tuple[str, str, str]]:
     """(device, root within it, mount point) of each mount this process sees."""
     mounts = []
-    with contextlib.suppress(OSError), open("/proc/self/mountinfo", encoding="utf-8") as info:
+    with (
+        contextlib.suppress(OSError),
+        open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as info,
+    ):
         for line in info:
             fields = line.split()
             if len(fields) > 4:
@@ -209,7 +214,8 @@ def _spellings(paths: set[str]) -> set[str]:
         on = [m for m in mounts if is_within(path, m[2])]
         if not on:
             continue
-        device, root, point = max(on, key=lambda m: len(m[2]))
+        # The last of the mounts stacked on the deepest point is the one seen there.
+        device, root, point = max(reversed(on), key=lambda m: len(m[2]))
         inside = os.path.join(root, os.path.relpath(path, point))
         for other_device, other_root, other_point in mounts:
             if other_device == device and is_within(inside, other_root):
@@ -218,49 +224,58 @@ def _spellings(paths: set[str]) -> set[str]:
     return found
 
 
-def restrict(files: Sequence[str]) -> int:
-    """Makes ``files`` unreadable to this process and the processes it starts, for good
-    (Landlock: read access is granted beneath every other entry of the folders on the
-    way to them, so a file that appears in one of those folders later is unreadable
-    too). Returns the number of rules. Raises OSError where Landlock refuses."""
+def build_ruleset(files: Sequence[str]) -> int:
+    """A Landlock ruleset (its descriptor) under which ``files`` are unreadable; built
+    in the worker, so that a failure names its cause, and applied in the forked kernel
+    (:func:`apply`). Read access is granted beneath every other entry of the folders on
+    the way to the files, as they are now: what appears later directly in one of those
+    folders is unreadable too (so the kernel's connection file is made before). Raises
+    :class:`HidingError` where Landlock refuses."""
     hidden = _spellings({os.path.realpath(f) for f in files})
-    if not hidden:
-        return 0
     libc = _libc()
     attr = _RulesetAttr(_ACCESS_READ_FILE)
     size = ctypes.c_size_t(ctypes.sizeof(attr))
     ruleset = libc.syscall(_CREATE_RULESET, ctypes.byref(attr), size, ctypes.c_uint32(0))
     if ruleset < 0:
-        raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
+        raise HidingError(f"landlock_create_ruleset failed: {os.strerror(ctypes.get_errno())}")
+    on_the_way = set()
+    for path in hidden:
+        while path != "/":
+            path = os.path.dirname(path)
+            on_the_way.add(path)
+    for folder in sorted(on_the_way):
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:  # not in this view (a mount covers it): nothing to grant there
+            continue
+        for entry in entries:
+            if entry.path in hidden or entry.path in on_the_way or entry.is_symlink():
+                continue  # a link's target is granted (or not) where it lies
+            try:
+                fd = os.open(entry.path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                rule = _PathBeneath(_ACCESS_READ_FILE, fd)
+                libc.syscall(_ADD_RULE, ruleset, _RULE_PATH_BENEATH, ctypes.byref(rule),
+                             ctypes.c_uint32(0))  # fmt: skip
+            finally:
+                os.close(fd)
+    return ruleset
+
+
+def apply(ruleset: int, modules: Sequence[str]) -> None:
+    """In the child that becomes the kernel: restricts it (and every process it starts)
+    by ``ruleset``, for good, and installs the import hook for ``modules``."""
+    libc = _libc()
     try:
-        on_the_way = set()
-        for path in hidden:
-            while path != "/":
-                path = os.path.dirname(path)
-                on_the_way.add(path)
-        rules = 0
-        for folder in sorted(on_the_way):
-            for entry in os.scandir(folder):
-                if entry.path in hidden or entry.path in on_the_way or entry.is_symlink():
-                    continue  # a link's target is granted (or not) where it lies
-                try:
-                    fd = os.open(entry.path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
-                except OSError:
-                    continue
-                try:
-                    rule = _PathBeneath(_ACCESS_READ_FILE, fd)
-                    if libc.syscall(_ADD_RULE, ruleset, _RULE_PATH_BENEATH,
-                                    ctypes.byref(rule), ctypes.c_uint32(0)) == 0:  # fmt: skip
-                        rules += 1
-                finally:
-                    os.close(fd)
         if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
         if libc.syscall(_RESTRICT_SELF, ruleset, ctypes.c_uint32(0)) != 0:
             raise OSError(ctypes.get_errno(), "landlock_restrict_self failed")
     finally:
         os.close(ruleset)
-    return rules
+    sys.meta_path.insert(0, HiddenModules(modules))
 
 
 def _is_under(name: str, modules: Iterable[str]) -> bool:
@@ -296,6 +311,15 @@ class _Hidden:
         raise _forbidden(self._name, self._modules)
 
     def __mro_entries__(self, bases):
+        raise _forbidden(self._name, self._modules)
+
+    def __instancecheck__(self, instance):
+        raise _forbidden(self._name, self._modules)
+
+    def __subclasscheck__(self, subclass):
+        raise _forbidden(self._name, self._modules)
+
+    def __iter__(self):
         raise _forbidden(self._name, self._modules)
 
     def __repr__(self) -> str:
@@ -341,17 +365,17 @@ class HiddenModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 
 def hide(modules: Sequence[str]) -> None:
-    """In the child that becomes the kernel: makes ``modules`` unreadable (Landlock) and
-    installs the import hook. Raises :class:`HidingError` or OSError where it cannot."""
-    if not modules:
-        return
-    restrict(check_hideable(modules))
-    sys.meta_path.insert(0, HiddenModules(modules))
+    """:func:`apply` of :func:`build_ruleset` in one process (for tests and tools)."""
+    apply(build_ruleset(check_hideable(modules)), modules)
 
 
 def is_hidden(name: str) -> bool:
-    """Whether ``name`` is in a module the kernel's import hook hides."""
-    return any(
-        isinstance(f, HiddenModules) and _is_under(name, f.modules) and name not in ALWAYS_KEPT
-        for f in sys.meta_path
-    )
+    """Whether ``name`` is hidden in this kernel: it lies in a hidden module, or a kept
+    module imported it from one (``npfl_lib.optim.param_groups_no_decay`` where
+    ``npfl_lib.optim.groups`` is hidden)."""
+    hooks = [f for f in sys.meta_path if isinstance(f, HiddenModules)]
+    if any(_is_under(name, f.modules) and name not in ALWAYS_KEPT for f in hooks):
+        return True
+    module, _, attr = name.rpartition(".")
+    owner = sys.modules.get(module)
+    return bool(hooks) and isinstance(getattr(owner, attr, None), _Hidden)

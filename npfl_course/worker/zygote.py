@@ -76,18 +76,21 @@ class Zygote:
 
     Args:
         close (list[int]): Descriptors the child must not keep (the result channel's).
-        hide (list[str]): Modules the child makes unreadable to itself at once
-            (:func:`npfl_course.worker.hiding.hide`).
+        hide (list[str]): Modules the child makes unreadable to itself at once, with
+            ``ruleset`` (:func:`npfl_course.worker.hiding.apply`).
+        ruleset (int | None): The Landlock ruleset's descriptor (the child's copy is
+            closed by ``apply``, the caller's is the caller's).
     """
 
-    def __init__(self, close: list[int], hide: Sequence[str] = ()) -> None:
+    def __init__(self, close: list[int], hide: Sequence[str] = (),
+                 ruleset: int | None = None) -> None:  # fmt: skip
         read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child: never returns
             os.close(write_end)
-            _become_kernel(read_end, close, hide)
+            _become_kernel(read_end, close, hide, ruleset)
         os.close(read_end)
-        self.pid, self.pipe = pid, write_end
+        self.pid, self.pipe, self.hide = pid, write_end, tuple(hide)
 
     def launch(self, cmd: list[str], env: dict[str, str], cwd: str) -> ForkedProcess:
         """Turns the child into the kernel ``cmd`` would start; returns the process."""
@@ -108,17 +111,19 @@ class Zygote:
                 os.waitpid(self.pid, 0)
 
 
-def fork_zygote(close: list[int], hide: Sequence[str] = ()) -> Zygote | None:
+def fork_zygote(close: list[int], hide: Sequence[str] = (),
+                ruleset: int | None = None) -> Zygote | None:  # fmt: skip
     """A :class:`Zygote`, or None where forking is not safe or possible."""
     if not hasattr(os, "fork") or threading.active_count() != 1:
         return None
     try:
-        return Zygote(close, hide)
+        return Zygote(close, hide, ruleset)
     except OSError:
         return None
 
 
-def _become_kernel(pipe: int, close: list[int], hide: Sequence[str]) -> None:
+def _become_kernel(pipe: int, close: list[int], hide: Sequence[str],
+                   ruleset: int | None) -> None:  # fmt: skip
     """In the forked child: waits for the launch, then runs ipykernel; never returns."""
     status = 1
     try:
@@ -129,7 +134,7 @@ def _become_kernel(pipe: int, close: list[int], hide: Sequence[str]) -> None:
         if hide:
             from npfl_course.worker import hiding
 
-            hiding.hide(hide)
+            hiding.apply(ruleset, hide)
         chunks = []
         while chunk := os.read(pipe, 1 << 16):
             chunks.append(chunk)
@@ -182,6 +187,11 @@ class ZygoteKernelManager(AsyncKernelManager):
         if zygote is None or not _is_our_python_kernel(kernel_cmd):
             if zygote is not None:
                 zygote.discard()
+                if zygote.hide:  # a kernel started otherwise could read them
+                    raise RuntimeError(
+                        f"cannot hide {', '.join(zygote.hide)}: the notebook's kernel "
+                        f"({' '.join(kernel_cmd[:3])}) is not this Python's ipykernel"
+                    )
             await super()._async_launch_kernel(kernel_cmd, **kw)
             return
         provisioner = self.provisioner
