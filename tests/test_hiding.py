@@ -143,16 +143,14 @@ REACH = textwrap.dedent("""
 """)
 
 
-def _run(tmp_path, notebook, hide: tuple[str, ...]) -> tuple[int, dict | None]:
+def _run(tmp_path, notebook, hide: tuple[str, ...], tmp: str | None = None):
+    """The worker's exit status and executed notebook; ``tmp``: its TMPDIR."""
     folder = tmp_path / ("hidden" if hide else "visible")
     folder.mkdir(exist_ok=True)
     nbformat.write(notebook, folder / "in.ipynb")
     with ResultChannel() as channel:
         command = worker_command("in.ipynb", channel, 10, 4096, hide=hide)
-        # A temporary folder that exists before the kernel is restricted, as the sandbox's
-        # does (what appears later beside the hidden files' folders is unreadable).
-        (folder / "tmp").mkdir(exist_ok=True)
-        env = {**os.environ, "TMPDIR": str(folder / "tmp")}
+        env = {**os.environ, "TMPDIR": tmp or str(tmp_path)}
         run = subprocess.run(command, cwd=folder, timeout=180, pass_fds=channel.fds, env=env,
                              stderr=subprocess.DEVNULL)  # fmt: skip
         data = channel.read(MAX_EXECUTED_BYTES)
@@ -204,6 +202,47 @@ def test_another_mount_of_the_library_shows_nothing_hidden(tmp_path):
     if "mount:" in run.stderr:
         pytest.skip(f"no private bind mount here: {run.stderr.strip()[:200]}")
     assert run.stdout.split("\n")[:2] == ["hidden dropout.py", "readable grading.py"], run
+
+
+# Writes a temporary file and reads it back, draws with matplotlib (its configuration and
+# font cache), prints nothing else.
+TEMPORARY = textwrap.dedent("""
+    import tempfile
+    import matplotlib.pyplot as plt
+    with tempfile.NamedTemporaryFile("w+") as handle:
+        handle.write("kept")
+        handle.flush()
+        print("TEMPORARY", open(handle.name).read())
+    plt.plot([1, 2])
+    plt.close()
+""")
+
+
+@pytest.mark.slow
+@needs_landlock
+def test_a_worker_whose_temporary_folder_is_on_the_way_to_the_hidden_files_works(tmp_path):
+    """The course may lie under /tmp (CI's clones do), which is the sandbox's temporary
+    folder: what appears there after the kernel is restricted is unreadable to it, so the
+    kernel's own folders must be made before."""
+    on_the_way = os.path.dirname(LIBRARY)
+    if not os.access(on_the_way, os.W_OK):
+        pytest.skip(f"cannot write to {on_the_way}")
+    before = set(os.listdir(on_the_way))
+    try:
+        status, executed = _run(tmp_path, tiny_variant("full", TEMPORARY), ("npfl_lib",),
+                                tmp=on_the_way)  # fmt: skip
+    finally:
+        for name in set(os.listdir(on_the_way)) - before:
+            path = os.path.join(on_the_way, name)
+            if name.startswith(("jupyter-", "kernel-", "tmp")):
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    os.unlink(path)
+    assert status == 0
+    assert all(passed_tests(executed).values())
+    cell = next(c for c in executed["cells"] if "TEMPORARY" in c["source"])
+    assert output_text(cell) == "TEMPORARY kept\n", cell["outputs"]
 
 
 def test_grading_stops_where_the_modules_cannot_be_hidden(tmp_path, monkeypatch):

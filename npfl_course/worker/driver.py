@@ -645,17 +645,27 @@ def _signal_name(number: int) -> str:
         return str(number)
 
 
-def _kernel_environment() -> dict[str, str]:
+def _kernel_environment(hiding: bool = False) -> dict[str, str]:
     """The kernel's environment, and ours: Jupyter's and IPython's state in private temporary
     folders (the notebook's folder is the home, and the student's), matplotlib's font
-    cache from the parent, and matplotlib's default backend (inline, as in JupyterLab)."""
+    cache from the parent, and matplotlib's default backend (inline, as in JupyterLab).
+
+    ``hiding``: modules will be hidden from the kernel, whose Landlock ruleset makes what
+    appears later directly in a folder on the way to them unreadable (that may be
+    ``/tmp``, where the course lies under it): the temporary folder, the caches and
+    matplotlib's configuration then go to private folders made now, before the ruleset."""
     private = tempfile.mkdtemp(prefix="jupyter-")
     for name in ("JUPYTER_PATH", "JUPYTER_CONFIG_PATH", "PYTHONSTARTUP", "MPLBACKEND"):
         os.environ.pop(name, None)
     folders = {"JUPYTER_CONFIG_DIR": "config", "JUPYTER_DATA_DIR": "data",
                "JUPYTER_RUNTIME_DIR": "runtime", "IPYTHONDIR": "ipython"}  # fmt: skip
+    if hiding:
+        folders.update(TMPDIR="tmp", XDG_CACHE_HOME="cache", MPLCONFIGDIR="matplotlib")
     for name, folder in folders.items():
         os.environ[name] = os.path.join(private, folder)
+    if hiding:
+        os.makedirs(os.environ["TMPDIR"])
+        tempfile.tempdir = os.environ["TMPDIR"]
     if "MPLCONFIGDIR" not in os.environ:
         os.environ["MPLCONFIGDIR"] = os.path.join(private, "matplotlib")
     if os.path.isdir(MATPLOTLIB_CACHE) and not os.path.islink(MATPLOTLIB_CACHE):
@@ -722,8 +732,10 @@ def main(argv: list[str] | None = None) -> int:
     # torch, imported once: the kernel is forked from here before the notebook is read
     # (npfl_course.worker.zygote), and shares it.
     _import_shared_libraries()
-    # Before the ruleset: it makes what appears later beside the hidden files' folders
-    # unreadable to the kernel, and the kernel reads its connection file from here.
+    # Before the ruleset, which makes what appears later directly in a folder on the way
+    # to the hidden files unreadable to the kernel: its environment's folders and the one
+    # of its connection file.
+    environment = _kernel_environment(hiding=bool(hide))
     runtime = tempfile.mkdtemp(prefix="kernel-")
     ruleset = None
     try:
@@ -756,7 +768,7 @@ def main(argv: list[str] | None = None) -> int:
                            split=not args.tests_in_kernel, zygote=zygote,
                            runtime=runtime)  # fmt: skip
     try:
-        asyncio.run(client.grade(_kernel_environment()))
+        asyncio.run(client.grade(environment))
     except BaseException as exc:  # noqa: BLE001 - keep what ran; the parent reports the rest
         sys.stderr.write(f"npfl_course.worker: internal error: {type(exc).__name__}: {exc}\n")
         client.save(done=False)
