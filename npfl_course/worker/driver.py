@@ -735,8 +735,8 @@ def main(argv: list[str] | None = None) -> int:
     # Before the ruleset, which makes what appears later directly in a folder on the way
     # to the hidden files unreadable to the kernel: its environment's folders and the one
     # of its connection file.
+    runtime = tempfile.mkdtemp(prefix="kernel-")  # short: its sockets' paths have a limit
     environment = _kernel_environment(hiding=bool(hide))
-    runtime = tempfile.mkdtemp(prefix="kernel-")
     ruleset = None
     try:
         if hide:
