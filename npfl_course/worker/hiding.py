@@ -7,14 +7,14 @@ the references' code objects, but a copy made with ``types.FunctionType`` before
 the original). The test cells run in the worker (:mod:`npfl_course.worker.trusted`),
 which keeps every module.
 
-Two parts, both set up in the forked child that becomes the kernel
-(:mod:`npfl_course.worker.zygote`), before any of the student's code runs:
+Two parts, in force in the forked child that becomes the kernel
+(:mod:`npfl_course.worker.zygote`) before any of the student's code runs:
 
 * **Landlock** (Linux >= 5.13) makes the hidden modules' files (sources and bytecode)
   unreadable to the kernel and every process it starts (:func:`build_ruleset` in the
-  worker, :func:`apply` in the child); this is the
-  defence. Without Landlock nothing can be hidden, and the grader refuses to grade such
-  an assignment (:func:`check_hideable`) rather than grade it without.
+  worker, :func:`apply` in the child); this is the defence. Without Landlock nothing can
+  be hidden, and the grader refuses to grade such an assignment (:func:`check_hideable`)
+  rather than grade it without.
 * An import hook (:class:`HiddenModules`) gives the kernel a stand-in for each hidden
   module, so that an import is harmless (a setup cell's ``import npfl_lib``, a student's
   unused ``import npfl_lib.functional as F``) and only a use fails, with
