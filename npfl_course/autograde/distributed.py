@@ -292,8 +292,7 @@ class DaskAutograder(Autograder):
         digests = sorted({check.environment for check in answers.values()})
         self.environment = hashlib.sha256("\n".join(digests).encode()).hexdigest()
         unsafe = [check for check in answers.values() if check.kind != "bwrap"]
-        hidden = f"; hidden from the kernel: {', '.join(self.hidden)} (Landlock)"
-        hidden = hidden if self.hidden else ""
+        hidden = self.hidden_description()
         if not unsafe:
             sandbox = "bubblewrap sandbox (no view of the course, no network)"
             return "bwrap", f"{sandbox} on {len(answers)} {where}{hidden}"

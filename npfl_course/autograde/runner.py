@@ -378,9 +378,13 @@ class Autograder:
             raise SandboxUnavailableError(
                 f"refusing to grade {self.assignment} (c.NpflAutograde.hidden_modules): {exc}"
             ) from exc
-        if self.hidden:
-            description += f"; hidden from the kernel: {', '.join(self.hidden)} (Landlock)"
-        return kind, description
+        return kind, description + self.hidden_description()
+
+    def hidden_description(self) -> str:
+        """What the isolation line adds about the modules hidden from the kernel."""
+        if not self.hidden:
+            return ""
+        return f"; hidden from the kernel: {', '.join(self.hidden)} (Landlock)"
 
     # -- the batch --------------------------------------------------------------------
 
