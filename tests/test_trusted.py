@@ -202,6 +202,12 @@ STUDENT = textwrap.dedent("""
 
     def touch(items):
         items[0].add_(1)
+
+    def normalize(data):
+        data.inputs /= 2  # in place: the grader's data set changes too, as in one process
+
+    def bump(dataset):
+        dataset.tensors[0].add_(1)
 """)
 TESTS = textwrap.dedent("""
     weight = torch.nn.Parameter(torch.zeros(2, 3))
@@ -263,6 +269,18 @@ TESTS = textwrap.dedent("""
     box = [torch.zeros(2), holder, (1, 2)]
     touch(box)
     assert box[0].tolist() == [1.0, 1.0] and box[1] is holder and box[2] == (1, 2)
+
+    # Data sets' tensors changed in place change the test's (a Split, torch's datasets).
+    from npfl_lib.datasets import Split
+
+    inputs = torch.ones(3, 2)
+    split = Split(inputs, torch.tensor([0, 1, 2]))
+    normalize(split)
+    assert split.inputs is inputs and inputs.tolist() == [[0.5, 0.5]] * 3
+    assert split.targets.tolist() == [0, 1, 2]
+    dataset = torch.utils.data.TensorDataset(torch.zeros(2), torch.zeros(2))
+    bump(dataset)
+    assert dataset.tensors[0].tolist() == [1.0, 1.0] and dataset.tensors[1].tolist() == [0, 0]
 
     # The student's own callables and modules: called, trained and copied from here.
     loss_fn = make_loss(3.0)

@@ -14,7 +14,8 @@ state, default dtype, grad mode and active :func:`npfl_lib.grading.forbid` targe
 brings back as plain data, read with ``torch.load(weights_only=True)`` and a list of
 classes (torch's and npfl_lib's modules and optimizers): the result, the arguments after
 the call (changes made in place, gradients included, are copied into the objects the
-test passed; a result that is an argument is that argument) and the random state after
+test passed, the tensors of data sets too: :func:`agent.reachable`; a result that is an
+argument is that argument) and the random state after
 it. What the call printed or displayed appears in the test cell's output; an error it
 raised is raised here (builtin and torch exception classes as themselves, others under
 their name) with the kernel's traceback. Comparisons, time limits (the kernel is
