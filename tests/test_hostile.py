@@ -206,6 +206,10 @@ def _submissions(course_dir: Path, port: int, outside: Path) -> dict[str, object
         "honest_wrong_mul": wrong,
         "infinite_loop": with_mul("while True:\n    pass"),
         "memory_bomb": with_mul("hog = []\nwhile True:\n    hog.append(bytearray(10**8))"),
+        # Small blocks leave no memory for the reply until the failed call's list is freed.
+        "memory_bomb_small_blocks": with_mul(
+            "hog = []\nwhile True:\n    hog.append(bytearray(1000))"
+        ),
         "fork_bomb": with_mul(
             "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
         ),
@@ -300,6 +304,7 @@ EXPECTED = {
     "honest_wrong_mul": {"test_mul": "AssertionError"},
     "infinite_loop": {"test_mul": "CellTimeoutError"},
     "memory_bomb": {"test_mul": "memory limit exceeded (1024 MB)"},
+    "memory_bomb_small_blocks": {"test_mul": "MemoryError: memory limit exceeded (1024 MB)"},
     "fork_bomb": {"test_mul": "CellTimeoutError"},
     "sys_exit": {"test_mul": "SystemExit"},
     "os_exit": {"test_mul": DEAD, "test_square": "the kernel's process exited with status 0"},

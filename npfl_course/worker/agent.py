@@ -21,11 +21,13 @@ then the worker reads whatever comes back as data, never as code.
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import pickle
 import signal
 import sys
 import time
+import traceback
 from typing import Any
 
 MAX_DEPTH = 64  # nesting of containers in a result
@@ -480,13 +482,17 @@ def _error(exc: BaseException) -> dict:
     tb = exc.__traceback__
     if tb is not None and tb.tb_frame.f_code is call.__code__:
         tb = tb.tb_next  # this module's frame is not the student's
+    if isinstance(exc, MemoryError):
+        # The failed call's locals (the list that filled the memory) live as long as its
+        # frames: free them first, or formatting and the reply find no memory left (the
+        # grader would see a failed or silent call instead of the MemoryError).
+        traceback.clear_frames(tb)
+        gc.collect()
     lines: list[str] = []
     with contextlib.suppress(Exception):
         if shell is not None:
             lines = list(shell.InteractiveTB.structured_traceback(type(exc), exc, tb))
     if not lines:
-        import traceback
-
         lines = traceback.format_exception(type(exc), exc, tb)
     try:
         message = str(exc)

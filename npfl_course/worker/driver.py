@@ -77,7 +77,13 @@ from npfl_course.worker.zygote import Zygote, ZygoteKernelManager, fork_zygote  
 # Per cell, by kind of output; errors from the kernel: room for two (one is usual).
 CELL_CHARS = {"stream": MAX_STREAM_CHARS, "rich": MAX_RICH_CHARS, "error": 2 * MAX_ERROR_CHARS}
 PREPARE = "__import__('npfl_course.worker.prepare', fromlist=['install'])"
-_MEMORY_WORDS = ("MemoryError", "can't allocate memory", "out of memory", "Cannot allocate memory")
+_MEMORY_WORDS = (
+    "MemoryError",
+    "can't allocate memory",
+    "out of memory",
+    "Cannot allocate memory",
+    "std::bad_alloc",
+)
 _DISK_WORDS = ("File too large", "EFBIG")
 
 
