@@ -37,9 +37,12 @@ from npfl_course.worker.protocol import MAX_NOTEBOOK_OUTPUTS, MAX_OUTPUTS, WORKE
 
 pytestmark = pytest.mark.filterwarnings("ignore::nbformat.warnings.DuplicateCellId")
 # 1024 MiB: room for torch (the CUDA build's import takes about 700 MiB of RLIMIT_DATA),
-# and the memory bomb (which writes every page it allocates) fails well within a cell's 4 s.
+# and the memory bomb (which writes every page it allocates) fails within a cell's limit.
+# 8 s a cell: the memory bomb takes 0.4 s alone and 1.7 s beside six CPU-bound sessions,
+# but once ran past 4 s in CI's first stage (two test processes, each grading two
+# notebooks at a time, on 2 cores).
 # 500 MiB of disk: the disk filler writes 1600 MB.
-LIMITS = Limits(notebook_seconds=90, cell_seconds=4, memory_mb=1024, max_processes=64,
+LIMITS = Limits(notebook_seconds=90, cell_seconds=8, memory_mb=1024, max_processes=64,
                 disk_mb=500)  # fmt: skip
 POINTS = {"test_add": 1, "test_mul": 2, "test_square": 1}
 WRONG_MUL = "def mul(a, b):\n    return a + b"
@@ -88,7 +91,7 @@ class _Server(http.server.BaseHTTPRequestHandler):
 
 # Takes 4 x 400 MB of disk, 50 MB every 50 ms (1 GB/s). posix_fallocate takes real
 # blocks without writing them, so the test does not depend on the disk's speed (84 MB/s
-# on a busy CI VM would not reach the limit within the cell's 4 s); the pauses let the
+# on a busy CI VM would not reach the limit within a cell's time); the pauses let the
 # watchdog look.
 FILL_THE_DISK = textwrap.dedent("""
     import os, time
@@ -302,10 +305,10 @@ DEAD = "DeadKernelError"
 EXPECTED = {
     "honest_full": {},
     "honest_wrong_mul": {"test_mul": "AssertionError"},
-    "infinite_loop": {"test_mul": "CellTimeoutError"},
+    "infinite_loop": {"test_mul": "TimeoutError"},  # the test's time_limit(5) comes first
     "memory_bomb": {"test_mul": "memory limit exceeded (1024 MB)"},
     "memory_bomb_small_blocks": {"test_mul": "MemoryError: memory limit exceeded (1024 MB)"},
-    "fork_bomb": {"test_mul": "CellTimeoutError"},
+    "fork_bomb": {"test_mul": "TimeoutError"},
     "sys_exit": {"test_mul": "SystemExit"},
     "os_exit": {"test_mul": DEAD, "test_square": "the kernel's process exited with status 0"},
     "kill_own_kernel": {"test_mul": DEAD, "test_square": "killed by signal SIGKILL"},
@@ -484,7 +487,7 @@ def test_the_batch_reports_every_submission_once(batch):
     assert len(report.outcomes) == len(EXPECTED)
     assert report.count("failed") == 0
     summary = report.summary()
-    assert "memory limit exceeded" in summary and "CellTimeoutError" in summary
+    assert "memory limit exceeded" in summary and "TimeoutError" in summary
 
 
 def test_sandbox_is_used_when_available():
