@@ -200,7 +200,7 @@ def is_data_set(value: Any) -> bool:
     import torch.utils.data
 
     cls = type(value)
-    if not hasattr(value, "__dict__") or isinstance(value, type) or callable(value):
+    if not hasattr(value, "__dict__") or callable(value):  # classes are callable too
         return False
     if cls.__module__.startswith("npfl_lib.datasets"):
         return True
